@@ -1,0 +1,203 @@
+//! Deltas: small states that carry what changed, and whole states too.
+
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+
+use super::{CounterSet, Key, ReplicaId, Topic};
+
+/// A piece of state to ship to peers and [`merge`](super::State::merge)
+/// there.
+///
+/// Every mutation returns one (covering only the counters it touched), a
+/// catch-up is one (what changed since a counter), and a snapshot is one
+/// (whole sub-states). Deltas join like states: [`Delta::join`] makes one
+/// delta from two, and merging the joined delta equals merging both.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delta<M> {
+    /// Topics the entries refer to by index.
+    pub(crate) topics: Vec<Topic>,
+    /// One part per replica, sorted by replica id.
+    pub(crate) parts: Vec<Part<M>>,
+}
+
+/// What a delta says about one replica's sub-state.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Part<M> {
+    pub(crate) replica: ReplicaId,
+    /// The counters this part speaks for: an entry of the replica whose dot
+    /// is in here but not among `entries` is gone.
+    pub(crate) context: CounterSet,
+    /// Live entries, sorted by dot, at most one version per presence, every
+    /// dot in `context`.
+    pub(crate) entries: Vec<PartEntry<M>>,
+    /// Which event removed which dot, sorted by event; feeds the receivers'
+    /// removal logs so that they can serve catch-ups in turn.
+    pub(crate) removals: Vec<Removal>,
+    /// `removals` lists every removal event of `context` above this counter.
+    pub(crate) history_floor: u64,
+    /// Entries the decoder dropped because their meta did not decode.
+    pub(crate) undecodable: u64,
+}
+
+/// One version of one presence inside a delta.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PartEntry<M> {
+    pub(crate) dot: u64,
+    pub(crate) pid: u64,
+    /// Index into [`Delta::topics`].
+    pub(crate) topic: u32,
+    pub(crate) key: Key,
+    pub(crate) meta: M,
+}
+
+/// The event counter `event` removed the entry with dot `dot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Removal {
+    pub(crate) event: u64,
+    pub(crate) dot: u64,
+}
+
+impl<M> Default for Delta<M> {
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            parts: Vec::new(),
+        }
+    }
+}
+
+impl<M> Part<M> {
+    pub(crate) fn new(replica: ReplicaId) -> Self {
+        Self {
+            replica,
+            context: CounterSet::new(),
+            entries: Vec::new(),
+            removals: Vec::new(),
+            history_floor: 0,
+            undecodable: 0,
+        }
+    }
+
+    /// Whether the part holds an entry with this dot.
+    pub(crate) fn has_entry(&self, dot: u64) -> bool {
+        self.entries.binary_search_by_key(&dot, |e| e.dot).is_ok()
+    }
+}
+
+impl<M: Clone> Delta<M> {
+    /// Whether the delta says nothing.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(|p| p.context.is_empty())
+    }
+
+    /// The replicas the delta speaks about.
+    pub fn replicas(&self) -> impl Iterator<Item = &ReplicaId> {
+        self.parts.iter().map(|p| &p.replica)
+    }
+
+    /// The counters the delta speaks for, of one replica.
+    pub fn context(&self, replica: &ReplicaId) -> Option<&CounterSet> {
+        self.part(replica).map(|p| &p.context)
+    }
+
+    /// How many presence versions the delta carries.
+    pub fn entry_count(&self) -> usize {
+        self.parts.iter().map(|p| p.entries.len()).sum()
+    }
+
+    pub(crate) fn part(&self, replica: &ReplicaId) -> Option<&Part<M>> {
+        self.parts
+            .binary_search_by(|p| p.replica.cmp(replica))
+            .ok()
+            .map(|i| &self.parts[i])
+    }
+
+    /// Joins `other` into `self`: merging the result anywhere equals merging
+    /// `self` and then `other`.
+    ///
+    /// This is how a replica batches the deltas of one broadcast period.
+    pub fn join(&mut self, other: Delta<M>) {
+        let Delta { topics, parts } = other;
+        let mut index: HashMap<Topic, u32> = self
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let remap: Vec<u32> = topics
+            .into_iter()
+            .map(|t| {
+                *index.entry(t.clone()).or_insert_with(|| {
+                    self.topics.push(t);
+                    (self.topics.len() - 1) as u32
+                })
+            })
+            .collect();
+        for mut part in parts {
+            for e in &mut part.entries {
+                e.topic = remap[e.topic as usize];
+            }
+            match self
+                .parts
+                .binary_search_by(|p| p.replica.cmp(&part.replica))
+            {
+                Ok(i) => join_parts(&mut self.parts[i], part),
+                Err(i) => self.parts.insert(i, part),
+            }
+        }
+    }
+}
+
+/// The lowest counter above which a log made of two logs, complete above
+/// `a_floor` for the events of `a` and above `b_floor` for those of `b`, is
+/// complete for the events of both.
+pub(crate) fn joined_floor(a: &CounterSet, a_floor: u64, b: &CounterSet, b_floor: u64) -> u64 {
+    if a_floor == b_floor {
+        return a_floor;
+    }
+    let (low, low_floor, high, high_floor) = if a_floor < b_floor {
+        (a, a_floor, b, b_floor)
+    } else {
+        (b, b_floor, a, a_floor)
+    };
+    // The lower floor holds if the side with the higher floor knows nothing
+    // in between that the other side does not know too.
+    if low.is_superset(&high.within(low_floor + 1, high_floor)) {
+        low_floor
+    } else {
+        high_floor
+    }
+}
+
+/// The CRDT join of two parts of one replica.
+fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
+    let a_entries = std::mem::take(&mut a.entries);
+    let mut kept: Vec<PartEntry<M>> = Vec::with_capacity(a_entries.len() + b.entries.len());
+    // An entry survives if the other side holds it too or has never seen it.
+    for e in a_entries {
+        if b.has_entry(e.dot) || !b.context.contains(e.dot) {
+            kept.push(e);
+        }
+    }
+    for e in b.entries {
+        if !a.context.contains(e.dot) {
+            kept.push(e);
+        }
+    }
+    kept.sort_by_key(|e| e.dot);
+    // One version per presence: the newest, since only the owner writes.
+    let mut newest: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in &kept {
+        let dot = newest.entry(e.pid).or_insert(e.dot);
+        *dot = (*dot).max(e.dot);
+    }
+    kept.retain(|e| newest.get(&e.pid) == Some(&e.dot));
+    a.entries = kept;
+    a.history_floor = joined_floor(&a.context, a.history_floor, &b.context, b.history_floor);
+    a.context.union(&b.context);
+    a.removals.extend(b.removals);
+    a.removals.sort_unstable();
+    a.removals.dedup();
+    a.undecodable += b.undecodable;
+}

@@ -1,0 +1,331 @@
+//! Merging deltas and states: the join, planned first and applied after.
+//!
+//! Every part is planned against the current state without changing it, and
+//! checked against the limits; only when the whole delta is acceptable is
+//! anything applied. A refused delta leaves the state exactly as it was.
+
+use hashbrown::HashSet;
+
+use super::diff::DiffBuilder;
+use super::lifecycle::PurgeReason;
+use super::replica::ReplicaSlot;
+use super::store::Slot;
+use super::{
+    Delta, Diff, Meta, Part, Presence, PresenceId, ReplicaId, State, StateError, Topic, Update,
+};
+
+/// What merging one part will do.
+struct Plan {
+    /// The part's index in the delta.
+    part: usize,
+    /// The local slot of the replica, `None` for a replica new here.
+    replica: Option<u32>,
+    /// Older incarnations of the same name to purge first.
+    superseded: Vec<u32>,
+    /// Local entries the part removes (those it replaces are not here).
+    removals: Vec<Slot>,
+    /// Entries of the part to add, by index, with the local version of the
+    /// same presence they replace.
+    additions: Vec<(usize, Option<Slot>)>,
+}
+
+impl<M: Meta> State<M> {
+    /// Merges a delta or a whole state from a peer and returns what changed
+    /// in the visible lists.
+    ///
+    /// The merge is a join: merging the same deltas in any order, any number
+    /// of times, gives the same state. Its cost follows the delta: entries
+    /// it removes are found through the dot index, never by scanning, and a
+    /// part whose counters are all known here costs O(1).
+    ///
+    /// Data about this replica's own name is not merged: its own data is
+    /// authoritative, and a newer incarnation of its name is noted for
+    /// [`State::superseded_by`]. Data about purged or replaced incarnations
+    /// is ignored.
+    ///
+    /// # Errors
+    ///
+    /// When a part would break a [`Limits`](super::Limits) bound; the state
+    /// is then unchanged.
+    pub fn merge(&mut self, delta: Delta<M>) -> Result<Diff<M>, StateError> {
+        let plans = self.plan(&delta)?;
+        Ok(self.apply(delta, plans))
+    }
+
+    fn plan(&mut self, delta: &Delta<M>) -> Result<Vec<Plan>, StateError> {
+        for topic in &delta.topics {
+            self.check_topic(topic.as_str())?;
+        }
+        let mut plans = Vec::new();
+        let mut new_replicas = 0usize;
+        for (index, part) in delta.parts.iter().enumerate() {
+            let id = &part.replica;
+            if id.name() == self.replica().name() {
+                if id.incarnation() > self.replica().incarnation() {
+                    self.superseded_by = self.superseded_by.max(Some(id.incarnation()));
+                }
+                continue;
+            }
+            if self.is_dead(id) || part.context.is_empty() {
+                continue;
+            }
+            // A newer incarnation of the same name later in the delta wins.
+            let newer_follows = delta.parts[index + 1..]
+                .iter()
+                .any(|p| p.replica.name() == id.name() && !p.context.is_empty());
+            if newer_follows {
+                continue;
+            }
+            let local = self.replica_ids.get(id).copied();
+            if let Some(r) = local {
+                if self.slot(r).context.is_superset(&part.context) {
+                    // Equal context means equal sub-state: nothing new.
+                    continue;
+                }
+            } else {
+                new_replicas += 1;
+            }
+            let superseded = self
+                .replica_ids
+                .range(..id.clone())
+                .rev()
+                .take_while(|(held, _)| held.name() == id.name())
+                .map(|(_, &r)| r)
+                .collect();
+            let plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
+            plans.push(plan);
+        }
+        let replicas = self.replica_ids.len() + new_replicas;
+        if replicas > self.limits.replicas() {
+            return Err(StateError::TooManyReplicas {
+                count: replicas,
+                max: self.limits.replicas(),
+            });
+        }
+        Ok(plans)
+    }
+
+    fn plan_part(
+        &self,
+        index: usize,
+        part: &Part<M>,
+        topics: &[Topic],
+        replica: Option<u32>,
+        superseded: Vec<u32>,
+    ) -> Result<Plan, StateError> {
+        let mut plan = Plan {
+            part: index,
+            replica,
+            superseded,
+            removals: Vec::new(),
+            additions: Vec::new(),
+        };
+        let Some(r) = replica else {
+            plan.additions = (0..part.entries.len()).map(|i| (i, None)).collect();
+            self.check_part(part, &plan, 0)?;
+            return Ok(plan);
+        };
+        let context = &self.slot(r).context;
+        for (i, e) in part.entries.iter().enumerate() {
+            if context.contains(e.dot) {
+                continue;
+            }
+            let local_topic = self.store.topic_index(topics[e.topic as usize].as_str());
+            let existing =
+                local_topic.and_then(|t| self.store.find_presence(r, t, e.key.as_str(), e.pid));
+            match existing {
+                // A newer version is already here: this one is stale.
+                Some(s) if self.store.entry(s).dot > e.dot => {}
+                _ => plan.additions.push((i, existing)),
+            }
+        }
+        let replaced: HashSet<Slot> = plan.additions.iter().filter_map(|&(_, s)| s).collect();
+        let held = self.store.replica_len(r);
+        let mut remove = |slot: Slot, dot: u64| {
+            if !part.has_entry(dot) && !replaced.contains(&slot) {
+                plan.removals.push(slot);
+            }
+        };
+        if part.context.len() <= held as u64 {
+            for dot in part.context.iter() {
+                if let Some(slot) = self.store.find_dot(r, dot) {
+                    remove(slot, dot);
+                }
+            }
+        } else {
+            let mut covered: Vec<(u64, Slot)> = self
+                .store
+                .replica_slots(r)
+                .map(|s| (self.store.entry(s).dot, s))
+                .filter(|&(dot, _)| part.context.contains(dot))
+                .collect();
+            covered.sort_unstable();
+            for (dot, slot) in covered {
+                remove(slot, dot);
+            }
+        }
+        self.check_part(part, &plan, held)?;
+        Ok(plan)
+    }
+
+    /// Checks what a part would add against the limits.
+    fn check_part(&self, part: &Part<M>, plan: &Plan, held: usize) -> Result<(), StateError> {
+        let mut added = 0usize;
+        for &(i, replaces) in &plan.additions {
+            self.check_key(part.entries[i].key.as_str())?;
+            if replaces.is_none() {
+                added += 1;
+            }
+        }
+        let count = held + added - plan.removals.len().min(held);
+        let max = self.limits.presences_per_replica();
+        if count > max {
+            return Err(StateError::TooManyPresences {
+                replica: part.replica.clone(),
+                count,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, delta: Delta<M>, plans: Vec<Plan>) -> Diff<M> {
+        let mut diff = DiffBuilder::new();
+        let Delta { topics, parts } = delta;
+        let mut parts: Vec<Option<Part<M>>> = parts.into_iter().map(Some).collect();
+        for plan in plans {
+            let Some(part) = parts[plan.part].take() else {
+                continue;
+            };
+            for &old in &plan.superseded {
+                let old_id = self.slot(old).id.clone();
+                self.purge_slot(old, PurgeReason::Superseded, &mut diff);
+                self.newest
+                    .insert(old_id.name().clone(), part.replica.incarnation());
+            }
+            self.newest
+                .insert(part.replica.name().clone(), part.replica.incarnation());
+            let r = match plan.replica {
+                Some(r) => r,
+                None => self.add_replica(part.replica.clone()),
+            };
+            self.apply_part(r, part, &topics, plan, &mut diff);
+        }
+        diff.finish()
+    }
+
+    fn apply_part(
+        &mut self,
+        r: u32,
+        part: Part<M>,
+        topics: &[Topic],
+        plan: Plan,
+        diff: &mut DiffBuilder<M>,
+    ) {
+        let visible = !self.slot(r).hidden;
+        let id = self.slot(r).id.clone();
+        for slot in plan.removals {
+            let (old, topic) = self.store.remove(slot, visible);
+            if visible {
+                let pid = PresenceId::new(id.clone(), old.pid);
+                diff.leave(&topic, Presence::new(old.key, pid, old.dot, old.meta));
+            }
+        }
+        let Part {
+            context,
+            entries,
+            removals,
+            history_floor,
+            undecodable,
+            ..
+        } = part;
+        diff.count_undecodable(undecodable);
+        let fresh = plan.additions.iter().filter(|a| a.1.is_none()).count();
+        self.store.reserve(r, fresh);
+        let mut additions = plan.additions.into_iter().peekable();
+        // Entries come sorted by dot, not topic; remember the last lookup.
+        let mut last_topic: Option<(u32, u32)> = None;
+        for (i, e) in entries.into_iter().enumerate() {
+            let Some(&(_, replaces)) = additions.peek().filter(|a| a.0 == i) else {
+                continue;
+            };
+            additions.next();
+            match replaces {
+                Some(slot) if visible => {
+                    let (old_version, old_meta) = self.store.replace(slot, e.dot, e.meta.clone());
+                    let topic = self.store.topic_name(self.store.entry(slot).topic).clone();
+                    let update = Update {
+                        key: e.key,
+                        id: PresenceId::new(id.clone(), e.pid),
+                        old_version,
+                        old_meta,
+                        version: e.dot,
+                        meta: e.meta,
+                    };
+                    diff.update(&topic, update);
+                }
+                Some(slot) => {
+                    self.store.replace(slot, e.dot, e.meta);
+                }
+                None => {
+                    let topic = match last_topic {
+                        Some((from, to)) if from == e.topic => to,
+                        _ => {
+                            let to = self.store.intern_topic(&topics[e.topic as usize]);
+                            last_topic = Some((e.topic, to));
+                            to
+                        }
+                    };
+                    if visible {
+                        let name = self.store.topic_name(topic).clone();
+                        self.store.insert(
+                            r,
+                            topic,
+                            e.key.clone(),
+                            e.meta.clone(),
+                            e.dot,
+                            e.pid,
+                            true,
+                        );
+                        let pid = PresenceId::new(id.clone(), e.pid);
+                        diff.join(&name, Presence::new(e.key, pid, e.dot, e.meta));
+                    } else {
+                        self.store
+                            .insert(r, topic, e.key, e.meta, e.dot, e.pid, false);
+                    }
+                }
+            }
+        }
+        let capacity = self.limits.removal_log();
+        self.slot_mut(r)
+            .absorb(&context, &removals, history_floor, capacity);
+    }
+
+    /// Opens a slot for a replica new here.
+    pub(crate) fn add_replica(&mut self, id: ReplicaId) -> u32 {
+        let slot = ReplicaSlot::new(id.clone());
+        let index = match self.free_replicas.pop() {
+            Some(index) => {
+                self.replicas[index as usize] = Some(slot);
+                index
+            }
+            None => {
+                self.replicas.push(Some(slot));
+                (self.replicas.len() - 1) as u32
+            }
+        };
+        self.store.open_replica(index);
+        self.replica_ids.insert(id, index);
+        index
+    }
+
+    /// Whether data about `id` must be ignored: it was purged, left, or a
+    /// newer incarnation of its name is known.
+    pub(crate) fn is_dead(&self, id: &ReplicaId) -> bool {
+        self.purged.contains_key(id)
+            || self
+                .newest
+                .get(id.name())
+                .is_some_and(|&n| n > id.incarnation())
+    }
+}

@@ -1,0 +1,600 @@
+//! The presence CRDT: pure data, no I/O, no clock.
+//!
+//! A [`State`] is one replica's view of every replica's presences. The
+//! replica changes its own presences with [`State::track`],
+//! [`State::update`] and [`State::untrack`]; each returns a [`Delta`] to ship
+//! and a [`Diff`] to show. Peers' deltas come in through [`State::merge`],
+//! which returns the [`Diff`] they caused.
+
+mod counters;
+mod delta;
+mod diff;
+mod history;
+mod ids;
+mod lifecycle;
+mod limits;
+mod merge;
+mod replica;
+mod store;
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use counters::CounterSet;
+pub use delta::Delta;
+pub use diff::{Diff, Presence, TopicDiff, Update};
+pub use ids::{
+    Dot, Incarnation, Key, MAX_REPLICA_NAME_LEN, PresenceId, ReplicaId, ReplicaName, Topic,
+};
+pub use lifecycle::{PurgeReason, PurgeRecord, Reincarnation};
+pub use limits::{Limits, StateError};
+
+pub(crate) use delta::{Part, PartEntry, Removal};
+use diff::DiffBuilder;
+use hashbrown::HashMap;
+use replica::ReplicaSlot;
+use store::Store;
+
+/// What a presence's metadata must be: cloneable, comparable, and encodable
+/// as MessagePack. Implemented for every such type.
+pub trait Meta: Clone + Eq + Serialize + DeserializeOwned {}
+impl<T: Clone + Eq + Serialize + DeserializeOwned> Meta for T {}
+
+/// One replica's view of who is present where.
+///
+/// ```
+/// use attendance::{Incarnation, ReplicaId, ReplicaName, State};
+///
+/// let id = |name: &str| ReplicaId::new(ReplicaName::new(name).unwrap(), Incarnation::new(1, 7));
+/// let mut a: State<String> = State::new(id("a"));
+/// let mut b: State<String> = State::new(id("b"));
+///
+/// let (_, change) = a.track("room:1", "alice", "web".to_string()).unwrap();
+/// let diff = b.merge(change.into_delta()).unwrap();
+/// assert_eq!(diff.joins().count(), 1);
+/// assert_eq!(b.count("room:1"), 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct State<M> {
+    /// The index of this replica's own slot in `replicas`.
+    me: u32,
+    replicas: Vec<Option<ReplicaSlot>>,
+    free_replicas: Vec<u32>,
+    replica_ids: BTreeMap<ReplicaId, u32>,
+    store: Store<M>,
+    limits: Limits,
+    purged: BTreeMap<ReplicaId, PurgeRecord>,
+    /// The newest incarnation seen of each name that is held or purged.
+    newest: BTreeMap<ReplicaName, Incarnation>,
+    /// This replica's own presences that were updated: presence counter to
+    /// the counter of the current version (the rest have the two equal).
+    moved: HashMap<u64, u64>,
+    superseded_by: Option<Incarnation>,
+}
+
+/// What a local mutation did: the delta to ship to peers and the diff to show
+/// local subscribers.
+#[derive(Clone, Debug)]
+pub struct Change<M> {
+    delta: Delta<M>,
+    diff: Diff<M>,
+}
+
+impl<M> Change<M> {
+    /// The delta to ship to peers.
+    pub fn delta(&self) -> &Delta<M> {
+        &self.delta
+    }
+
+    /// The change to the local lists.
+    pub fn diff(&self) -> &Diff<M> {
+        &self.diff
+    }
+
+    /// The delta, by value.
+    pub fn into_delta(self) -> Delta<M> {
+        self.delta
+    }
+
+    /// Both parts, by value.
+    pub fn into_parts(self) -> (Delta<M>, Diff<M>) {
+        (self.delta, self.diff)
+    }
+}
+
+/// A visible presence as a query returns it: borrowed from the state.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PresenceRef<'a, M> {
+    /// Its stable id.
+    pub id: PresenceId,
+    /// The counter of its current version.
+    pub version: u64,
+    /// Its metadata.
+    pub meta: &'a M,
+}
+
+/// The presences of one key, as [`State::list`] groups them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyPresences<'a, M> {
+    /// The key.
+    pub key: &'a Key,
+    /// Its presences, ordered by id.
+    pub presences: Vec<PresenceRef<'a, M>>,
+}
+
+/// One replica whose sub-state a [`State`] holds.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ReplicaInfo<'a> {
+    /// The replica.
+    pub id: &'a ReplicaId,
+    /// Which of its counters are known here.
+    pub context: &'a CounterSet,
+    /// Whether its presences are hidden from lists (it is considered down).
+    pub hidden: bool,
+    /// How many presences of it are held, shown or hidden.
+    pub presences: usize,
+}
+
+/// Builds a [`State`] with non-default settings.
+#[derive(Debug)]
+pub struct StateBuilder {
+    replica: ReplicaId,
+    limits: Limits,
+    first_counter: u64,
+}
+
+impl StateBuilder {
+    /// Sets the limits (default: [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Starts this replica's counter at `first` instead of 1, as if it had
+    /// already spent the counters below. Counters are opaque to peers; this
+    /// exists so tests and benchmarks can exercise long-lived replicas,
+    /// whose large counters cost more bytes on the wire.
+    pub fn first_counter(mut self, first: u64) -> Self {
+        self.first_counter = first.max(1);
+        self
+    }
+
+    /// The state, holding nothing yet.
+    pub fn build<M>(self) -> State<M> {
+        let mut replica_ids = BTreeMap::new();
+        replica_ids.insert(self.replica.clone(), 0);
+        let mut newest = BTreeMap::new();
+        newest.insert(self.replica.name().clone(), self.replica.incarnation());
+        let mut own = ReplicaSlot::new(self.replica);
+        own.context = CounterSet::prefix(self.first_counter - 1);
+        let mut store = Store::default();
+        store.open_replica(0);
+        State {
+            me: 0,
+            replicas: vec![Some(own)],
+            free_replicas: Vec::new(),
+            replica_ids,
+            store,
+            limits: self.limits,
+            purged: BTreeMap::new(),
+            newest,
+            moved: HashMap::default(),
+            superseded_by: None,
+        }
+    }
+}
+
+/// Counts the bytes of a MessagePack encoding without keeping them.
+struct ByteCount(usize);
+
+impl io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) fn encoded_meta_len<M: Serialize>(meta: &M) -> Result<usize, StateError> {
+    let mut count = ByteCount(0);
+    rmp_serde::encode::write(&mut count, meta)
+        .map_err(|e| StateError::MetaEncoding(e.to_string()))?;
+    Ok(count.0)
+}
+
+impl<M: Meta> State<M> {
+    /// An empty state for `replica`, with default limits.
+    pub fn new(replica: ReplicaId) -> Self {
+        Self::builder(replica).build()
+    }
+
+    /// A builder for a state of `replica`.
+    pub fn builder(replica: ReplicaId) -> StateBuilder {
+        StateBuilder {
+            replica,
+            limits: Limits::default(),
+            first_counter: 1,
+        }
+    }
+
+    /// This replica.
+    pub fn replica(&self) -> &ReplicaId {
+        &self.slot(self.me).id
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The last counter value this replica used.
+    pub fn counter(&self) -> u64 {
+        self.slot(self.me).context.max()
+    }
+
+    // --- local mutations -------------------------------------------------
+
+    /// Tracks a new presence of this replica on `topic` under `key`.
+    ///
+    /// Returns its id and the change. The presence is listed at once.
+    pub fn track(
+        &mut self,
+        topic: &str,
+        key: &str,
+        meta: M,
+    ) -> Result<(PresenceId, Change<M>), StateError> {
+        self.check_topic(topic)?;
+        self.check_key(key)?;
+        self.check_meta(&meta)?;
+        let count = self.store.replica_len(self.me) + 1;
+        if count > self.limits.presences_per_replica() {
+            return Err(StateError::TooManyPresences {
+                replica: self.replica().clone(),
+                count,
+                max: self.limits.presences_per_replica(),
+            });
+        }
+        let counter = self.next_counter();
+        let topic_index = match self.store.topic_index(topic) {
+            Some(index) => index,
+            None => self.store.intern_topic(&Topic::from(topic)),
+        };
+        let topic = self.store.topic_name(topic_index).clone();
+        let key = Key::from(key);
+        self.store.insert(
+            self.me,
+            topic_index,
+            key.clone(),
+            meta.clone(),
+            counter,
+            counter,
+            true,
+        );
+        let id = PresenceId::new(self.replica().clone(), counter);
+        let mut part = Part::new(self.replica().clone());
+        part.context.insert(counter);
+        part.entries.push(PartEntry {
+            dot: counter,
+            pid: counter,
+            topic: 0,
+            key: key.clone(),
+            meta: meta.clone(),
+        });
+        let mut diff = DiffBuilder::new();
+        diff.join(&topic, Presence::new(key, id.clone(), counter, meta));
+        let delta = Delta {
+            topics: vec![topic],
+            parts: vec![part],
+        };
+        Ok((
+            id,
+            Change {
+                delta,
+                diff: diff.finish(),
+            },
+        ))
+    }
+
+    /// Replaces the metadata of one of this replica's presences.
+    ///
+    /// The presence keeps its id; the new version takes the next counter.
+    pub fn update(&mut self, id: &PresenceId, meta: M) -> Result<Change<M>, StateError> {
+        let slot = self.own_slot(id)?;
+        self.check_meta(&meta)?;
+        let counter = self.next_counter();
+        let (old_dot, old_meta) = self.store.replace(slot, counter, meta.clone());
+        let entry = self.store.entry(slot);
+        let (topic, key, pid) = (
+            self.store.topic_name(entry.topic).clone(),
+            entry.key.clone(),
+            entry.pid,
+        );
+        self.moved.insert(pid, counter);
+        let removal = Removal {
+            event: counter,
+            dot: old_dot,
+        };
+        let mut part = Part::new(self.replica().clone());
+        part.context.insert(old_dot);
+        part.context.insert(counter);
+        part.entries.push(PartEntry {
+            dot: counter,
+            pid,
+            topic: 0,
+            key: key.clone(),
+            meta: meta.clone(),
+        });
+        part.removals.push(removal);
+        self.log_removal(self.me, removal);
+        let mut diff = DiffBuilder::new();
+        diff.update(
+            &topic,
+            Update {
+                key,
+                id: id.clone(),
+                old_version: old_dot,
+                old_meta,
+                version: counter,
+                meta,
+            },
+        );
+        Ok(Change {
+            delta: Delta {
+                topics: vec![topic],
+                parts: vec![part],
+            },
+            diff: diff.finish(),
+        })
+    }
+
+    /// Removes one of this replica's presences.
+    pub fn untrack(&mut self, id: &PresenceId) -> Result<Change<M>, StateError> {
+        self.untrack_many(std::slice::from_ref(id))
+    }
+
+    /// Removes several of this replica's presences at once, such as
+    /// everything one connection held. Each removal takes its own counter.
+    /// Nothing is removed if any id is unknown.
+    pub fn untrack_many(&mut self, ids: &[PresenceId]) -> Result<Change<M>, StateError> {
+        let mut slots = Vec::with_capacity(ids.len());
+        for id in ids {
+            let slot = self.own_slot(id)?;
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        Ok(self.remove_own(slots))
+    }
+
+    /// Removes every presence this replica holds under `key` on `topic`.
+    pub fn untrack_key(&mut self, topic: &str, key: &str) -> Change<M> {
+        let slots: Vec<_> = match self.store.topic_index(topic) {
+            Some(t) => self
+                .store
+                .key_chain(t, key)
+                .filter(|&s| self.store.entry(s).replica == self.me)
+                .collect(),
+            None => Vec::new(),
+        };
+        self.remove_own(slots)
+    }
+
+    fn remove_own(&mut self, mut slots: Vec<store::Slot>) -> Change<M> {
+        // Oldest first, so counters follow the order of the presences.
+        slots.sort_by_key(|&s| self.store.entry(s).dot);
+        let mut part = Part::new(self.replica().clone());
+        let mut topics: Vec<Topic> = Vec::new();
+        let mut diff = DiffBuilder::new();
+        for slot in slots {
+            let counter = self.next_counter();
+            let (old, topic) = self.store.remove(slot, true);
+            if !topics.contains(&topic) {
+                topics.push(topic.clone());
+            }
+            self.moved.remove(&old.pid);
+            part.context.insert(old.dot);
+            part.context.insert(counter);
+            let removal = Removal {
+                event: counter,
+                dot: old.dot,
+            };
+            part.removals.push(removal);
+            self.log_removal(self.me, removal);
+            let id = PresenceId::new(self.replica().clone(), old.pid);
+            diff.leave(&topic, Presence::new(old.key, id, old.dot, old.meta));
+        }
+        let parts = if part.context.is_empty() {
+            Vec::new()
+        } else {
+            vec![part]
+        };
+        Change {
+            delta: Delta { topics, parts },
+            diff: diff.finish(),
+        }
+    }
+
+    // --- queries ---------------------------------------------------------
+
+    /// The visible presences on `topic`, grouped by key in key order.
+    pub fn list(&self, topic: &str) -> Vec<KeyPresences<'_, M>> {
+        let Some(t) = self.store.topic_index(topic) else {
+            return Vec::new();
+        };
+        let mut members: Vec<_> = self
+            .store
+            .topic_members(t)
+            .filter(|e| !self.slot(e.replica).hidden)
+            .collect();
+        members.sort_by(|a, b| {
+            (a.key.as_str(), &self.slot(a.replica).id, a.pid).cmp(&(
+                b.key.as_str(),
+                &self.slot(b.replica).id,
+                b.pid,
+            ))
+        });
+        let mut groups: Vec<KeyPresences<'_, M>> = Vec::new();
+        for e in members {
+            let presence = self.presence_ref(e);
+            match groups.last_mut() {
+                Some(group) if group.key == &e.key => group.presences.push(presence),
+                _ => groups.push(KeyPresences {
+                    key: &e.key,
+                    presences: vec![presence],
+                }),
+            }
+        }
+        groups
+    }
+
+    /// The visible presences under `key` on `topic`, ordered by id.
+    pub fn get(&self, topic: &str, key: &str) -> Vec<PresenceRef<'_, M>> {
+        let Some(t) = self.store.topic_index(topic) else {
+            return Vec::new();
+        };
+        let mut found: Vec<_> = self
+            .store
+            .key_chain(t, key)
+            .map(|s| self.store.entry(s))
+            .filter(|e| !self.slot(e.replica).hidden)
+            .map(|e| self.presence_ref(e))
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+
+    /// How many visible presences `topic` has. O(1).
+    pub fn count(&self, topic: &str) -> usize {
+        self.store
+            .topic_index(topic)
+            .map_or(0, |t| self.store.visible_count(t))
+    }
+
+    /// The topics with at least one visible presence, in order, with counts.
+    pub fn topics(&self) -> Vec<(&Topic, usize)> {
+        let mut topics: Vec<_> = self.store.visible_topics().collect();
+        topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        topics
+    }
+
+    /// How many presences are visible in all. O(replicas).
+    pub fn len(&self) -> usize {
+        self.replica_slots()
+            .filter(|(_, r)| !r.hidden)
+            .map(|(i, _)| self.store.replica_len(i))
+            .sum()
+    }
+
+    /// Whether no presence is visible.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The replicas whose sub-states this state holds, in id order.
+    pub fn replicas(&self) -> impl Iterator<Item = ReplicaInfo<'_>> {
+        self.replica_ids.values().map(|&i| {
+            let slot = self.slot(i);
+            ReplicaInfo {
+                id: &slot.id,
+                context: &slot.context,
+                hidden: slot.hidden,
+                presences: self.store.replica_len(i),
+            }
+        })
+    }
+
+    /// Which counters of `replica` this state knows.
+    pub fn context(&self, replica: &ReplicaId) -> Option<&CounterSet> {
+        self.replica_ids
+            .get(replica)
+            .map(|&i| &self.slot(i).context)
+    }
+
+    // --- helpers ---------------------------------------------------------
+
+    fn presence_ref<'a>(&'a self, e: &'a store::Entry<M>) -> PresenceRef<'a, M> {
+        PresenceRef {
+            id: PresenceId::new(self.slot(e.replica).id.clone(), e.pid),
+            version: e.dot,
+            meta: &e.meta,
+        }
+    }
+
+    pub(crate) fn slot(&self, index: u32) -> &ReplicaSlot {
+        self.replicas[index as usize]
+            .as_ref()
+            .expect("replica indexes point at live slots")
+    }
+
+    pub(crate) fn slot_mut(&mut self, index: u32) -> &mut ReplicaSlot {
+        self.replicas[index as usize]
+            .as_mut()
+            .expect("replica indexes point at live slots")
+    }
+
+    fn replica_slots(&self) -> impl Iterator<Item = (u32, &ReplicaSlot)> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+    }
+
+    fn next_counter(&mut self) -> u64 {
+        let me = self.me;
+        let slot = self.slot_mut(me);
+        let counter = slot.context.max() + 1;
+        slot.context.insert(counter);
+        counter
+    }
+
+    /// The slot of one of this replica's own presences.
+    fn own_slot(&self, id: &PresenceId) -> Result<store::Slot, StateError> {
+        if id.replica() != self.replica() {
+            return Err(StateError::UnknownPresence(id.clone()));
+        }
+        let pid = id.as_dot().counter();
+        let dot = self.moved.get(&pid).copied().unwrap_or(pid);
+        self.store
+            .find_dot(self.me, dot)
+            .filter(|&s| self.store.entry(s).pid == pid)
+            .ok_or_else(|| StateError::UnknownPresence(id.clone()))
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), StateError> {
+        let max = self.limits.topic_len();
+        if topic.is_empty() || topic.len() > max {
+            return Err(StateError::InvalidTopic {
+                len: topic.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StateError> {
+        let max = self.limits.key_len();
+        if key.is_empty() || key.len() > max {
+            return Err(StateError::InvalidKey {
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_meta(&self, meta: &M) -> Result<(), StateError> {
+        let len = encoded_meta_len(meta)?;
+        let max = self.limits.meta_bytes();
+        if len > max {
+            return Err(StateError::MetaTooLarge { len, max });
+        }
+        Ok(())
+    }
+}

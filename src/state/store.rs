@@ -1,0 +1,403 @@
+//! Where presences live, and the indexes that find them without scanning.
+//!
+//! Entries sit in one slab. Three small indexes point into it by slot number:
+//! per replica by dot (so a delta's removals are found in O(1) each), per
+//! `(topic, key)` the head of a chain of the key's presences (so updates and
+//! `get` are O(presences of the key)), and per topic the list of its members
+//! (so `list` and `count` touch one topic only). The indexes hold 4-byte slot
+//! numbers rather than keys or entries, which keeps a presence near 100 bytes.
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+
+use super::{Key, Topic};
+
+/// A slot number in the slab; `NONE` ends a key chain.
+pub(crate) type Slot = u32;
+const NONE: Slot = Slot::MAX;
+
+/// One version of one presence.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry<M> {
+    pub(crate) key: Key,
+    pub(crate) meta: M,
+    pub(crate) topic: u32,
+    pub(crate) replica: u32,
+    /// The counter of this version.
+    pub(crate) dot: u64,
+    /// The counter of the presence's original track.
+    pub(crate) pid: u64,
+    next_in_key: Slot,
+    topic_pos: u32,
+}
+
+#[derive(Clone, Debug)]
+struct TopicSlot {
+    name: Topic,
+    members: Vec<Slot>,
+    visible: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Store<M> {
+    slots: Vec<Option<Entry<M>>>,
+    free: Vec<Slot>,
+    by_key: HashTable<Slot>,
+    by_dot: Vec<HashTable<Slot>>,
+    topics: Vec<Option<TopicSlot>>,
+    free_topics: Vec<u32>,
+    topic_ids: HashMap<Topic, u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl<M> Default for Store<M> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashTable::new(),
+            by_dot: Vec::new(),
+            topics: Vec::new(),
+            free_topics: Vec::new(),
+            topic_ids: HashMap::default(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+}
+
+fn key_hash(hasher: &DefaultHashBuilder, topic: u32, key: &str) -> u64 {
+    hasher.hash_one((topic, key))
+}
+
+fn dot_hash(hasher: &DefaultHashBuilder, dot: u64) -> u64 {
+    hasher.hash_one(dot)
+}
+
+fn live<M>(slots: &[Option<Entry<M>>], slot: Slot) -> &Entry<M> {
+    slots[slot as usize]
+        .as_ref()
+        .expect("indexes point at live slots")
+}
+
+fn live_mut<M>(slots: &mut [Option<Entry<M>>], slot: Slot) -> &mut Entry<M> {
+    slots[slot as usize]
+        .as_mut()
+        .expect("indexes point at live slots")
+}
+
+impl<M> Store<M> {
+    pub(crate) fn entry(&self, slot: Slot) -> &Entry<M> {
+        live(&self.slots, slot)
+    }
+
+    /// The local index of a topic, if any presence is on it.
+    pub(crate) fn topic_index(&self, topic: &str) -> Option<u32> {
+        self.topic_ids.get(topic).copied()
+    }
+
+    pub(crate) fn topic_name(&self, topic: u32) -> &Topic {
+        &self.topic(topic).name
+    }
+
+    fn topic(&self, topic: u32) -> &TopicSlot {
+        self.topics[topic as usize]
+            .as_ref()
+            .expect("entries point at live topics")
+    }
+
+    fn topic_mut(&mut self, topic: u32) -> &mut TopicSlot {
+        self.topics[topic as usize]
+            .as_mut()
+            .expect("entries point at live topics")
+    }
+
+    /// The index of `topic`, creating it if needed. A topic with no member
+    /// is released by [`Store::remove`].
+    pub(crate) fn intern_topic(&mut self, topic: &Topic) -> u32 {
+        if let Some(&index) = self.topic_ids.get(topic.as_str()) {
+            return index;
+        }
+        let slot = TopicSlot {
+            name: topic.clone(),
+            members: Vec::new(),
+            visible: 0,
+        };
+        let index = match self.free_topics.pop() {
+            Some(index) => {
+                self.topics[index as usize] = Some(slot);
+                index
+            }
+            None => {
+                self.topics.push(Some(slot));
+                (self.topics.len() - 1) as u32
+            }
+        };
+        self.topic_ids.insert(topic.clone(), index);
+        index
+    }
+
+    /// Topics that have at least one visible presence, with their counts.
+    pub(crate) fn visible_topics(&self) -> impl Iterator<Item = (&Topic, usize)> {
+        self.topics
+            .iter()
+            .flatten()
+            .filter(|t| t.visible > 0)
+            .map(|t| (&t.name, t.visible))
+    }
+
+    pub(crate) fn visible_count(&self, topic: u32) -> usize {
+        self.topic(topic).visible
+    }
+
+    pub(crate) fn topic_members(&self, topic: u32) -> impl Iterator<Item = &Entry<M>> {
+        self.topic(topic)
+            .members
+            .iter()
+            .map(|&slot| live(&self.slots, slot))
+    }
+
+    /// Counts a replica's presences on a topic in or out of the visible total.
+    pub(crate) fn shift_visible(&mut self, topic: u32, visible: bool) {
+        let slot = self.topic_mut(topic);
+        if visible {
+            slot.visible += 1;
+        } else {
+            slot.visible -= 1;
+        }
+    }
+
+    /// Makes room for the dot index of replica `replica`.
+    pub(crate) fn open_replica(&mut self, replica: u32) {
+        let index = replica as usize;
+        if self.by_dot.len() <= index {
+            self.by_dot.resize_with(index + 1, HashTable::new);
+        }
+    }
+
+    /// Frees the dot index of a replica that holds no entry any more.
+    pub(crate) fn close_replica(&mut self, replica: u32) {
+        debug_assert!(self.by_dot[replica as usize].is_empty());
+        self.by_dot[replica as usize] = HashTable::new();
+    }
+
+    /// Reserves room for `additional` entries of `replica`.
+    pub(crate) fn reserve(&mut self, replica: u32, additional: usize) {
+        let hasher = &self.hasher;
+        let slots = &self.slots;
+        self.by_dot[replica as usize]
+            .reserve(additional, |&s| dot_hash(hasher, live(slots, s).dot));
+        let spare = self.free.len() + (self.slots.capacity() - self.slots.len());
+        if additional > spare {
+            self.slots.reserve_exact(additional - spare);
+        }
+    }
+
+    pub(crate) fn replica_len(&self, replica: u32) -> usize {
+        self.by_dot.get(replica as usize).map_or(0, HashTable::len)
+    }
+
+    /// The slots of one replica's entries, in no particular order.
+    pub(crate) fn replica_slots(&self, replica: u32) -> impl Iterator<Item = Slot> + '_ {
+        self.by_dot[replica as usize].iter().copied()
+    }
+
+    pub(crate) fn find_dot(&self, replica: u32, dot: u64) -> Option<Slot> {
+        let slots = &self.slots;
+        self.by_dot
+            .get(replica as usize)?
+            .find(dot_hash(&self.hasher, dot), |&s| live(slots, s).dot == dot)
+            .copied()
+    }
+
+    /// The entries on `(topic, key)`, newest first.
+    pub(crate) fn key_chain(&self, topic: u32, key: &str) -> impl Iterator<Item = Slot> + '_ {
+        let slots = &self.slots;
+        let head = self
+            .by_key
+            .find(key_hash(&self.hasher, topic, key), |&s| {
+                let e = live(slots, s);
+                e.topic == topic && e.key.as_str() == key
+            })
+            .copied()
+            .unwrap_or(NONE);
+        std::iter::successors(Some(head), move |&s| Some(live(slots, s).next_in_key))
+            .take_while(|&s| s != NONE)
+    }
+
+    /// The version of presence `pid` of `replica` held on `(topic, key)`.
+    pub(crate) fn find_presence(
+        &self,
+        replica: u32,
+        topic: u32,
+        key: &str,
+        pid: u64,
+    ) -> Option<Slot> {
+        self.key_chain(topic, key).find(|&s| {
+            let e = live(&self.slots, s);
+            e.replica == replica && e.pid == pid
+        })
+    }
+
+    /// Adds an entry; `visible` says whether its replica is shown.
+    pub(crate) fn insert(
+        &mut self,
+        replica: u32,
+        topic: u32,
+        key: Key,
+        meta: M,
+        dot: u64,
+        pid: u64,
+        visible: bool,
+    ) -> Slot {
+        let topic_pos = self.topic(topic).members.len() as u32;
+        let entry = Entry {
+            key,
+            meta,
+            topic,
+            replica,
+            dot,
+            pid,
+            next_in_key: NONE,
+            topic_pos,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(entry);
+                slot
+            }
+            None => {
+                // Grow by a quarter rather than double: the slab is most of
+                // the memory, and a doubled Vec idles up to half of it.
+                if self.slots.len() == self.slots.capacity() {
+                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
+                }
+                self.slots.push(Some(entry));
+                (self.slots.len() - 1) as Slot
+            }
+        };
+        let hasher = &self.hasher;
+        let slots = &mut self.slots;
+        self.by_dot[replica as usize].insert_unique(dot_hash(hasher, dot), slot, |&s| {
+            dot_hash(hasher, live(slots, s).dot)
+        });
+        let key_str = live(slots, slot).key.as_str();
+        let hash = key_hash(hasher, topic, key_str);
+        let found = self.by_key.find_mut(hash, |&s| {
+            let e = live(slots, s);
+            e.topic == topic && e.key.as_str() == key_str
+        });
+        match found {
+            Some(head) => {
+                let previous = std::mem::replace(head, slot);
+                live_mut(slots, slot).next_in_key = previous;
+            }
+            None => {
+                self.by_key.insert_unique(hash, slot, |&s| {
+                    let e = live(slots, s);
+                    key_hash(hasher, e.topic, e.key.as_str())
+                });
+            }
+        }
+        let topic_slot = self.topic_mut(topic);
+        topic_slot.members.push(slot);
+        if visible {
+            topic_slot.visible += 1;
+        }
+        slot
+    }
+
+    /// Gives an entry a new version in place; returns the old dot and meta.
+    pub(crate) fn replace(&mut self, slot: Slot, dot: u64, meta: M) -> (u64, M) {
+        let hasher = &self.hasher;
+        let slots = &mut self.slots;
+        let entry = live_mut(slots, slot);
+        let replica = entry.replica as usize;
+        let old_dot = std::mem::replace(&mut entry.dot, dot);
+        let old_meta = std::mem::replace(&mut entry.meta, meta);
+        let table = &mut self.by_dot[replica];
+        if let Ok(found) = table.find_entry(dot_hash(hasher, old_dot), |&s| s == slot) {
+            found.remove();
+        }
+        table.insert_unique(dot_hash(hasher, dot), slot, |&s| {
+            dot_hash(hasher, live(slots, s).dot)
+        });
+        (old_dot, old_meta)
+    }
+
+    /// Removes an entry and returns it with its topic's name (the topic
+    /// itself is released when this was its last entry); `visible` says
+    /// whether its replica is shown.
+    pub(crate) fn remove(&mut self, slot: Slot, visible: bool) -> (Entry<M>, Topic) {
+        let hasher = &self.hasher;
+        let slots = &mut self.slots;
+        let (replica, topic, dot, next, topic_pos) = {
+            let e = live(slots, slot);
+            (e.replica, e.topic, e.dot, e.next_in_key, e.topic_pos)
+        };
+        if let Ok(found) =
+            self.by_dot[replica as usize].find_entry(dot_hash(hasher, dot), |&s| s == slot)
+        {
+            found.remove();
+        }
+        let key_str = live(slots, slot).key.as_str();
+        let hash = key_hash(hasher, topic, key_str);
+        let head = self
+            .by_key
+            .find(hash, |&s| {
+                let e = live(slots, s);
+                e.topic == topic && e.key.as_str() == key_str
+            })
+            .copied();
+        match head {
+            Some(head) if head == slot => {
+                // The chain's head is found by its slot number from here on.
+                if next == NONE {
+                    if let Ok(found) = self.by_key.find_entry(hash, |&s| s == slot) {
+                        found.remove();
+                    }
+                } else if let Some(head) = self.by_key.find_mut(hash, |&s| s == slot) {
+                    *head = next;
+                }
+            }
+            Some(mut previous) => loop {
+                let after = live(slots, previous).next_in_key;
+                if after == slot {
+                    live_mut(slots, previous).next_in_key = next;
+                    break;
+                }
+                if after == NONE {
+                    debug_assert!(false, "an entry is on its key chain");
+                    break;
+                }
+                previous = after;
+            },
+            None => debug_assert!(false, "an entry has a key chain"),
+        }
+        let topic_slot = self.topic_mut(topic);
+        topic_slot.members.swap_remove(topic_pos as usize);
+        if visible {
+            topic_slot.visible -= 1;
+        }
+        let emptied = topic_slot.members.is_empty();
+        if let Some(&moved) = topic_slot.members.get(topic_pos as usize) {
+            live_mut(&mut self.slots, moved).topic_pos = topic_pos;
+        }
+        let name = if emptied {
+            let name = self.topics[topic as usize]
+                .take()
+                .expect("entries point at live topics")
+                .name;
+            self.topic_ids.remove(name.as_str());
+            self.free_topics.push(topic);
+            name
+        } else {
+            self.topic_name(topic).clone()
+        };
+        self.free.push(slot);
+        let entry = self.slots[slot as usize]
+            .take()
+            .expect("indexes point at live slots");
+        (entry, name)
+    }
+}
