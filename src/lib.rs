@@ -4,6 +4,7 @@
 //! Presence replication for Rust clusters.
 
 pub mod state;
+pub mod wire;
 
 pub use state::{
     Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyPresences, Limits, Meta, Presence,

@@ -19,6 +19,7 @@ mod store;
 
 use std::collections::BTreeMap;
 use std::io;
+use std::marker::PhantomData;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -140,14 +141,25 @@ pub struct ReplicaInfo<'a> {
 }
 
 /// Builds a [`State`] with non-default settings.
+///
+/// ```
+/// use attendance::{Incarnation, Limits, ReplicaId, ReplicaName, State};
+///
+/// let id = ReplicaId::new(ReplicaName::new("a").unwrap(), Incarnation::new(1, 2));
+/// let state: State<String> = State::builder(id)
+///     .limits(Limits::default().max_presences_per_replica(10))
+///     .build();
+/// assert_eq!(state.limits().presences_per_replica(), 10);
+/// ```
 #[derive(Debug)]
-pub struct StateBuilder {
+pub struct StateBuilder<M> {
     replica: ReplicaId,
     limits: Limits,
     first_counter: u64,
+    meta: PhantomData<fn() -> M>,
 }
 
-impl StateBuilder {
+impl<M> StateBuilder<M> {
     /// Sets the limits (default: [`Limits::default`]).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -164,7 +176,7 @@ impl StateBuilder {
     }
 
     /// The state, holding nothing yet.
-    pub fn build<M>(self) -> State<M> {
+    pub fn build(self) -> State<M> {
         let mut replica_ids = BTreeMap::new();
         replica_ids.insert(self.replica.clone(), 0);
         let mut newest = BTreeMap::new();
@@ -216,11 +228,12 @@ impl<M: Meta> State<M> {
     }
 
     /// A builder for a state of `replica`.
-    pub fn builder(replica: ReplicaId) -> StateBuilder {
+    pub fn builder(replica: ReplicaId) -> StateBuilder<M> {
         StateBuilder {
             replica,
             limits: Limits::default(),
             first_counter: 1,
+            meta: PhantomData,
         }
     }
 

@@ -1,0 +1,272 @@
+//! The layout of a delta on the wire.
+//!
+//! ```text
+//! delta   = [part...]                      parts sorted by replica id
+//! part    = [replica, base, entries, removals?, floor?, context?]
+//! replica = [name, started_ms, nonce]
+//! entries = flat [topic, key, meta, dot_step, pid_back]...
+//!             topic     a string the first time it appears in the message,
+//!                       then its index among the message's topics
+//!             dot_step  dot - base for the first entry, then dot - previous dot
+//!             pid_back  dot - presence counter (0 for a presence never updated)
+//! removals= flat [event_step, dot_back]...  event - base, then event - previous;
+//!                                           event - removed dot
+//! floor   = the history floor (absent: 0)
+//! context = flat [lo - base, hi - lo, lo - previous hi - 2, hi - lo]...
+//!             (absent: the counters of the entries and removals)
+//! ```
+//!
+//! Trailing fields equal to their default are left out, so a lone join is
+//! `[replica, base, [topic, key, meta, 0, 0]]`.
+
+use hashbrown::{HashMap, HashSet};
+
+use super::WireError;
+use super::msgpack::{Reader, write_array, write_str, write_uint};
+use crate::state::{
+    CounterSet, Delta, Incarnation, Key, Meta, Part, PartEntry, Removal, ReplicaId, ReplicaName, Topic,
+};
+
+/// The counters a part's entries and removals mention.
+fn implied_context(entries: &[u64], removals: &[Removal]) -> CounterSet {
+    let mut context = CounterSet::new();
+    for &dot in entries {
+        context.insert(dot);
+    }
+    for r in removals {
+        context.insert(r.event);
+        context.insert(r.dot);
+    }
+    context
+}
+
+pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), WireError> {
+    let parts: Vec<&Part<M>> = delta.parts.iter().filter(|p| !p.context.is_empty()).collect();
+    write_array(out, parts.len())?;
+    let mut topic_refs: HashMap<&str, u64> = HashMap::default();
+    for part in parts {
+        let dots: Vec<u64> = part.entries.iter().map(|e| e.dot).collect();
+        let explicit = implied_context(&dots, &part.removals) != part.context;
+        let fields = if explicit {
+            6
+        } else if part.history_floor != 0 {
+            5
+        } else if !part.removals.is_empty() {
+            4
+        } else {
+            3
+        };
+        write_array(out, fields)?;
+        let id = &part.replica;
+        write_array(out, 3)?;
+        write_str(out, id.name().as_str())?;
+        write_uint(out, id.incarnation().started_ms());
+        write_uint(out, u64::from(id.incarnation().nonce()));
+        let base = part.context.min().unwrap_or(1);
+        write_uint(out, base);
+        write_array(out, part.entries.len() * 5)?;
+        let mut previous = base;
+        for e in &part.entries {
+            let topic = delta.topics[e.topic as usize].as_str();
+            match topic_refs.get(topic) {
+                Some(&index) => write_uint(out, index),
+                None => {
+                    topic_refs.insert(topic, topic_refs.len() as u64);
+                    write_str(out, topic)?;
+                }
+            }
+            write_str(out, e.key.as_str())?;
+            rmp_serde::encode::write(out, &e.meta).map_err(|err| WireError::MetaEncoding(err.to_string()))?;
+            write_uint(out, e.dot - previous);
+            write_uint(out, e.dot - e.pid);
+            previous = e.dot;
+        }
+        if fields >= 4 {
+            write_array(out, part.removals.len() * 2)?;
+            let mut previous = base;
+            for r in &part.removals {
+                write_uint(out, r.event - previous);
+                write_uint(out, r.event - r.dot);
+                previous = r.event;
+            }
+        }
+        if fields >= 5 {
+            write_uint(out, part.history_floor);
+        }
+        if fields == 6 {
+            write_array(out, part.context.ranges().len() * 2)?;
+            let mut previous: Option<u64> = None;
+            for (lo, hi) in part.context.ranges() {
+                match previous {
+                    None => write_uint(out, lo - base),
+                    Some(p) => write_uint(out, lo - p - 2),
+                }
+                write_uint(out, hi - lo);
+                previous = Some(hi);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add(a: u64, b: u64) -> Result<u64, WireError> {
+    a.checked_add(b)
+        .ok_or(WireError::Malformed("counter overflows"))
+}
+
+pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireError> {
+    let count = reader.array(4)?;
+    let mut delta = Delta {
+        topics: Vec::new(),
+        parts: Vec::with_capacity(count),
+    };
+    for _ in 0..count {
+        let part = read_part(reader, &mut delta.topics)?;
+        if let Some(last) = delta.parts.last() {
+            if last.replica >= part.replica {
+                return Err(WireError::Malformed("parts are not sorted by replica"));
+            }
+        }
+        delta.parts.push(part);
+    }
+    Ok(delta)
+}
+
+fn read_part<M: Meta>(reader: &mut Reader<'_>, topics: &mut Vec<Topic>) -> Result<Part<M>, WireError> {
+    let fields = reader.array(1)?;
+    if !(3..=6).contains(&fields) {
+        return Err(WireError::Malformed("a part has 3 to 6 fields"));
+    }
+    if reader.array(1)? != 3 {
+        return Err(WireError::Malformed("a replica id has 3 fields"));
+    }
+    let name = ReplicaName::new(reader.str()?).map_err(|_| WireError::Malformed("invalid replica name"))?;
+    let started_ms = reader.uint()?;
+    let nonce = reader.u32()?;
+    let mut part = Part::new(ReplicaId::new(name, Incarnation::new(started_ms, nonce)));
+    let base = reader.uint()?;
+    if base == 0 {
+        return Err(WireError::Malformed("counters start at 1"));
+    }
+
+    let flat = reader.array(1)?;
+    if flat % 5 != 0 {
+        return Err(WireError::Malformed("entries come in fives"));
+    }
+    let mut dots = Vec::with_capacity(flat / 5);
+    let mut pids: HashSet<u64> = HashSet::with_capacity(flat / 5);
+    part.entries.reserve(flat / 5);
+    for i in 0..flat / 5 {
+        let topic = match reader.peek_marker()? {
+            rmp::Marker::FixPos(_) | rmp::Marker::U8 | rmp::Marker::U16 | rmp::Marker::U32 | rmp::Marker::U64 => {
+                let index = reader.uint()?;
+                if index >= topics.len() as u64 {
+                    return Err(WireError::Malformed("topic index out of range"));
+                }
+                index as u32
+            }
+            _ => {
+                let name = reader.str()?;
+                if name.is_empty() {
+                    return Err(WireError::Malformed("empty topic"));
+                }
+                if topics.iter().any(|t| t.as_str() == name) {
+                    return Err(WireError::Malformed("topic sent twice"));
+                }
+                topics.push(Topic::from(name));
+                (topics.len() - 1) as u32
+            }
+        };
+        let key = reader.str()?;
+        if key.is_empty() {
+            return Err(WireError::Malformed("empty key"));
+        }
+        let start = reader.position();
+        reader.skip_value()?;
+        let meta = rmp_serde::from_slice::<M>(reader.slice(start)).ok();
+        let step = reader.uint()?;
+        if i > 0 && step == 0 {
+            return Err(WireError::Malformed("entries are not sorted by dot"));
+        }
+        let dot = add(dots.last().copied().unwrap_or(base), step)?;
+        let back = reader.uint()?;
+        if back >= dot {
+            return Err(WireError::Malformed("presence counter out of range"));
+        }
+        let pid = dot - back;
+        if !pids.insert(pid) {
+            return Err(WireError::Malformed("two versions of one presence"));
+        }
+        dots.push(dot);
+        match meta {
+            Some(meta) => part.entries.push(PartEntry {
+                dot,
+                pid,
+                topic,
+                key: Key::from(key),
+                meta,
+            }),
+            None => part.undecodable += 1,
+        }
+    }
+
+    if fields >= 4 {
+        let flat = reader.array(1)?;
+        if flat % 2 != 0 {
+            return Err(WireError::Malformed("removals come in pairs"));
+        }
+        part.removals.reserve(flat / 2);
+        let mut previous = base;
+        for i in 0..flat / 2 {
+            let step = reader.uint()?;
+            if i > 0 && step == 0 {
+                return Err(WireError::Malformed("removals are not sorted by event"));
+            }
+            let event = add(previous, step)?;
+            let back = reader.uint()?;
+            if back == 0 || back >= event {
+                return Err(WireError::Malformed("removed dot out of range"));
+            }
+            part.removals.push(Removal {
+                event,
+                dot: event - back,
+            });
+            previous = event;
+        }
+    }
+    if fields >= 5 {
+        part.history_floor = reader.uint()?;
+    }
+    let implied = implied_context(&dots, &part.removals);
+    part.context = if fields == 6 {
+        let flat = reader.array(1)?;
+        if flat == 0 || flat % 2 != 0 {
+            return Err(WireError::Malformed("context ranges come in pairs"));
+        }
+        let mut ranges = Vec::with_capacity(flat / 2);
+        let mut previous: Option<u64> = None;
+        for _ in 0..flat / 2 {
+            let gap = reader.uint()?;
+            let lo = match previous {
+                None if gap != 0 => return Err(WireError::Malformed("context does not start at base")),
+                None => base,
+                Some(p) => add(add(p, 2)?, gap)?,
+            };
+            let hi = add(lo, reader.uint()?)?;
+            ranges.push((lo, hi));
+            previous = Some(hi);
+        }
+        let context =
+            CounterSet::from_sorted_ranges(ranges).ok_or(WireError::Malformed("context ranges overlap"))?;
+        if !context.is_superset(&implied) || context == implied {
+            return Err(WireError::Malformed("context does not cover its entries"));
+        }
+        context
+    } else {
+        implied
+    };
+    if part.context.min() != Some(base) {
+        return Err(WireError::Malformed("base is not the smallest counter"));
+    }
+    Ok(part)
+}
