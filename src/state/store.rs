@@ -219,10 +219,11 @@ impl<M> Store<M> {
                 let e = live(slots, s);
                 e.topic == topic && e.key.as_str() == key
             })
-            .copied()
-            .unwrap_or(NONE);
-        std::iter::successors(Some(head), move |&s| Some(live(slots, s).next_in_key))
-            .take_while(|&s| s != NONE)
+            .copied();
+        std::iter::successors(head, move |&s| {
+            let next = live(slots, s).next_in_key;
+            (next != NONE).then_some(next)
+        })
     }
 
     /// The version of presence `pid` of `replica` held on `(topic, key)`.
