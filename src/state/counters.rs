@@ -177,6 +177,40 @@ impl CounterSet {
         self.ranges = merged;
     }
 
+    /// Removes every counter of `other`.
+    pub(crate) fn subtract(&mut self, other: &CounterSet) {
+        if self.is_empty() || other.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(self.ranges.len());
+        let mut theirs = other.ranges.iter().peekable();
+        for &(first, hi) in &self.ranges {
+            let mut lo = Some(first);
+            while let (Some(l), Some(&&(tlo, thi))) = (lo, theirs.peek()) {
+                if thi < l {
+                    theirs.next();
+                    continue;
+                }
+                if tlo > hi {
+                    break;
+                }
+                if tlo > l {
+                    kept.push((l, tlo - 1));
+                }
+                if thi >= hi {
+                    lo = None;
+                    break;
+                }
+                lo = Some(thi + 1);
+                theirs.next();
+            }
+            if let Some(l) = lo {
+                kept.push((l, hi));
+            }
+        }
+        self.ranges = kept;
+    }
+
     /// The counters of `self` above `floor`.
     pub(crate) fn above(&self, floor: u64) -> CounterSet {
         let ranges = self
@@ -295,6 +329,9 @@ mod tests {
             let mut u = a.clone();
             u.union(&b);
             assert_eq!(model(&u), ma.union(&mb).copied().collect());
+            let mut d = a.clone();
+            d.subtract(&b);
+            assert_eq!(model(&d), ma.difference(&mb).copied().collect());
             assert_eq!(
                 CounterSet::from_sorted_ranges(u.ranges().collect()).as_ref(),
                 Some(&u)

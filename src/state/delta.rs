@@ -25,9 +25,16 @@ pub struct Delta<M> {
 #[derive(Clone, Debug)]
 pub(crate) struct Part<M> {
     pub(crate) replica: ReplicaId,
-    /// The counters this part speaks for: an entry of the replica whose dot
-    /// is in here but not among `entries` is gone.
+    /// The events (counter values) whose effects this part carries.
     pub(crate) context: CounterSet,
+    /// Dots known to be removed, by events of `context`, whose own event is
+    /// not in `context`. An entry whose dot is in `context` or `dead` but
+    /// not among `entries` is gone.
+    ///
+    /// Keeping these apart from `context` is what makes equal contexts mean
+    /// equal sub-states even when deltas arrive out of order: knowing that a
+    /// dot died is not knowing what its event did.
+    pub(crate) dead: CounterSet,
     /// Live entries, sorted by dot, at most one version per presence, every
     /// dot in `context`.
     pub(crate) entries: Vec<PartEntry<M>>,
@@ -75,6 +82,7 @@ impl<M: PartialEq> PartialEq for Delta<M> {
             && self.parts.iter().zip(&other.parts).all(|(a, b)| {
                 a.replica == b.replica
                     && a.context == b.context
+                    && a.dead == b.dead
                     && a.removals == b.removals
                     && a.history_floor == b.history_floor
                     && a.undecodable == b.undecodable
@@ -95,11 +103,22 @@ impl<M> Part<M> {
         Self {
             replica,
             context: CounterSet::new(),
+            dead: CounterSet::new(),
             entries: Vec::new(),
             removals: Vec::new(),
             history_floor: 0,
             undecodable: 0,
         }
+    }
+
+    /// Whether the part knows the fate of this dot.
+    pub(crate) fn covers(&self, dot: u64) -> bool {
+        self.context.contains(dot) || self.dead.contains(dot)
+    }
+
+    /// Whether the part says nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.context.is_empty() && self.dead.is_empty()
     }
 
     /// Whether the part holds an entry with this dot.
@@ -111,7 +130,7 @@ impl<M> Part<M> {
 impl<M: Clone> Delta<M> {
     /// Whether the delta says nothing.
     pub fn is_empty(&self) -> bool {
-        self.parts.iter().all(|p| p.context.is_empty())
+        self.parts.iter().all(Part::is_empty)
     }
 
     /// The replicas the delta speaks about.
@@ -199,12 +218,12 @@ fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
     let mut kept: Vec<PartEntry<M>> = Vec::with_capacity(a_entries.len() + b.entries.len());
     // An entry survives if the other side holds it too or has never seen it.
     for e in a_entries {
-        if b.has_entry(e.dot) || !b.context.contains(e.dot) {
+        if b.has_entry(e.dot) || !b.covers(e.dot) {
             kept.push(e);
         }
     }
     for e in b.entries {
-        if !a.context.contains(e.dot) {
+        if !a.covers(e.dot) {
             kept.push(e);
         }
     }
@@ -219,6 +238,8 @@ fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
     a.entries = kept;
     a.history_floor = joined_floor(&a.context, a.history_floor, &b.context, b.history_floor);
     a.context.union(&b.context);
+    a.dead.union(&b.dead);
+    a.dead.subtract(&a.context);
     a.removals.extend(b.removals);
     a.removals.sort_unstable();
     a.removals.dedup();

@@ -20,10 +20,12 @@ impl<M: Meta> State<M> {
         }
         let mut part = Part::new(replica.clone());
         part.context = slot.context.above(since);
+        part.dead = slot.dead.clone();
         for (&event, &dot) in slot.log.range(since.saturating_add(1)..) {
             part.removals.push(Removal { event, dot });
-            part.context.insert(dot);
+            part.dead.insert(dot);
         }
+        part.dead.subtract(&part.context);
         part.history_floor = since;
         Some(self.delta_of(r, part, |dot| dot > since))
     }
@@ -47,6 +49,7 @@ impl<M: Meta> State<M> {
         let slot = self.slot(r);
         let mut part = Part::new(slot.id.clone());
         part.context = slot.context.clone();
+        part.dead = slot.dead.clone();
         part.removals = slot
             .log
             .iter()
@@ -84,10 +87,13 @@ impl<M: Meta> State<M> {
                 }
             })
             .collect();
-        Delta {
-            topics,
-            parts: vec![part],
-        }
+        // A part that speaks for no counter says nothing.
+        let parts = if part.is_empty() {
+            Vec::new()
+        } else {
+            vec![part]
+        };
+        Delta { topics, parts }
     }
 
     pub(crate) fn log_removal(&mut self, r: u32, removal: Removal) {

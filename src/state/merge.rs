@@ -66,20 +66,21 @@ impl<M: Meta> State<M> {
                 }
                 continue;
             }
-            if self.is_dead(id) || part.context.is_empty() {
+            if self.is_dead(id) || part.is_empty() {
                 continue;
             }
             // A newer incarnation of the same name later in the delta wins.
             let newer_follows = delta.parts[index + 1..]
                 .iter()
-                .any(|p| p.replica.name() == id.name() && !p.context.is_empty());
+                .any(|p| p.replica.name() == id.name() && !p.is_empty());
             if newer_follows {
                 continue;
             }
             let local = self.replica_ids.get(id).copied();
             if let Some(r) = local {
                 if self.slot(r).context.is_superset(&part.context) {
-                    // Equal context means equal sub-state: nothing new.
+                    // The sub-state is a function of the events applied:
+                    // no new event, nothing new.
                     continue;
                 }
             } else {
@@ -125,9 +126,9 @@ impl<M: Meta> State<M> {
             self.check_part(part, &plan, 0)?;
             return Ok(plan);
         };
-        let context = &self.slot(r).context;
+        let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
-            if context.contains(e.dot) {
+            if slot.covers(e.dot) {
                 continue;
             }
             let local_topic = self.store.topic_index(topics[e.topic as usize].as_str());
@@ -146,8 +147,8 @@ impl<M: Meta> State<M> {
                 plan.removals.push(slot);
             }
         };
-        if part.context.len() <= held as u64 {
-            for dot in part.context.iter() {
+        if part.context.len().saturating_add(part.dead.len()) <= held as u64 {
+            for dot in part.context.iter().chain(part.dead.iter()) {
                 if let Some(slot) = self.store.find_dot(r, dot) {
                     remove(slot, dot);
                 }
@@ -157,7 +158,7 @@ impl<M: Meta> State<M> {
                 .store
                 .replica_slots(r)
                 .map(|s| (self.store.entry(s).dot, s))
-                .filter(|&(dot, _)| part.context.contains(dot))
+                .filter(|&(dot, _)| part.covers(dot))
                 .collect();
             covered.sort_unstable();
             for (dot, slot) in covered {
@@ -233,6 +234,7 @@ impl<M: Meta> State<M> {
         }
         let Part {
             context,
+            dead,
             entries,
             removals,
             history_floor,
@@ -298,7 +300,7 @@ impl<M: Meta> State<M> {
         }
         let capacity = self.limits.removal_log();
         self.slot_mut(r)
-            .absorb(&context, &removals, history_floor, capacity);
+            .absorb(&context, &dead, &removals, history_floor, capacity);
     }
 
     /// Opens a slot for a replica new here.

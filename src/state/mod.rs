@@ -335,8 +335,8 @@ impl<M: Meta> State<M> {
             dot: old_dot,
         };
         let mut part = Part::new(self.replica().clone());
-        part.context.insert(old_dot);
         part.context.insert(counter);
+        part.dead.insert(old_dot);
         part.entries.push(PartEntry {
             dot: counter,
             pid,
@@ -412,8 +412,8 @@ impl<M: Meta> State<M> {
                 topics.push(topic.clone());
             }
             self.moved.remove(&old.pid);
-            part.context.insert(old.dot);
             part.context.insert(counter);
+            part.dead.insert(old.dot);
             let removal = Removal {
                 event: counter,
                 dot: old.dot,

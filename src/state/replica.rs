@@ -8,8 +8,10 @@ use super::{CounterSet, Removal, ReplicaId};
 #[derive(Clone, Debug)]
 pub(crate) struct ReplicaSlot {
     pub(crate) id: ReplicaId,
-    /// Which of the replica's counters are known here.
+    /// The replica's events whose effects are applied here.
     pub(crate) context: CounterSet,
+    /// Dots known removed whose own event is not in `context` yet.
+    pub(crate) dead: CounterSet,
     /// Hidden replicas are considered down: their entries are kept (and kept
     /// up to date) but not listed.
     pub(crate) hidden: bool,
@@ -24,6 +26,7 @@ impl ReplicaSlot {
         Self {
             id,
             context: CounterSet::new(),
+            dead: CounterSet::new(),
             hidden: false,
             log: BTreeMap::new(),
             history_floor: 0,
@@ -43,6 +46,7 @@ impl ReplicaSlot {
     pub(crate) fn absorb(
         &mut self,
         context: &CounterSet,
+        dead: &CounterSet,
         removals: &[Removal],
         history_floor: u64,
         capacity: usize,
@@ -57,6 +61,13 @@ impl ReplicaSlot {
         self.log = self.log.split_off(&self.history_floor.saturating_add(1));
         self.truncate(capacity);
         self.context.union(context);
+        self.dead.union(dead);
+        self.dead.subtract(&self.context);
+    }
+
+    /// Whether the fate of this dot is known here.
+    pub(crate) fn covers(&self, dot: u64) -> bool {
+        self.context.contains(dot) || self.dead.contains(dot)
     }
 
     fn truncate(&mut self, capacity: usize) {

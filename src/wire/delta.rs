@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! delta   = [part...]                      parts sorted by replica id
-//! part    = [replica, base, entries, removals?, floor?, context?]
+//! part    = [replica, base, entries, removals?, floor?, events?, dead?]
 //! replica = [name, started_ms, nonce]
+//! base    = the smallest counter of events and dead
 //! entries = flat [topic, key, meta, dot_step, pid_back]...
 //!             topic     a string the first time it appears in the message,
 //!                       then its index among the message's topics
@@ -12,8 +13,10 @@
 //! removals= flat [event_step, dot_back]...  event - base, then event - previous;
 //!                                           event - removed dot
 //! floor   = the history floor (absent: 0)
-//! context = flat [lo - base, hi - lo, lo - previous hi - 2, hi - lo]...
-//!             (absent: the counters of the entries and removals)
+//! events  = ranges (absent or nil: the dots of the entries and the events
+//!           of the removals)
+//! dead    = ranges (absent: the removed dots that are not events)
+//! ranges  = flat [lo - base, hi - lo, lo - previous hi - 2, hi - lo]...
 //! ```
 //!
 //! Trailing fields equal to their default are left out, so a lone join is
@@ -24,30 +27,77 @@ use hashbrown::{HashMap, HashSet};
 use super::WireError;
 use super::msgpack::{Reader, write_array, write_str, write_uint};
 use crate::state::{
-    CounterSet, Delta, Incarnation, Key, Meta, Part, PartEntry, Removal, ReplicaId, ReplicaName, Topic,
+    CounterSet, Delta, Incarnation, Key, Meta, Part, PartEntry, Removal, ReplicaId, ReplicaName,
+    Topic,
 };
 
-/// The counters a part's entries and removals mention.
-fn implied_context(entries: &[u64], removals: &[Removal]) -> CounterSet {
-    let mut context = CounterSet::new();
+/// The events a part's entries and removals spell out.
+fn implied_events(entries: &[u64], removals: &[Removal]) -> CounterSet {
+    let mut events = CounterSet::new();
     for &dot in entries {
-        context.insert(dot);
+        events.insert(dot);
     }
     for r in removals {
-        context.insert(r.event);
-        context.insert(r.dot);
+        events.insert(r.event);
     }
-    context
+    events
+}
+
+/// The dead dots a part's removals spell out, given its events.
+fn implied_dead(removals: &[Removal], events: &CounterSet) -> CounterSet {
+    let mut dead = CounterSet::new();
+    for r in removals {
+        dead.insert(r.dot);
+    }
+    dead.subtract(events);
+    dead
+}
+
+fn write_ranges(out: &mut Vec<u8>, set: &CounterSet, base: u64) -> Result<(), WireError> {
+    write_array(out, set.ranges().len() * 2)?;
+    let mut previous: Option<u64> = None;
+    for (lo, hi) in set.ranges() {
+        match previous {
+            None => write_uint(out, lo - base),
+            Some(p) => write_uint(out, lo - p - 2),
+        }
+        write_uint(out, hi - lo);
+        previous = Some(hi);
+    }
+    Ok(())
+}
+
+fn read_ranges(reader: &mut Reader<'_>, base: u64) -> Result<CounterSet, WireError> {
+    let flat = reader.array(1)?;
+    if flat % 2 != 0 {
+        return Err(WireError::Malformed("ranges come in pairs"));
+    }
+    let mut ranges = Vec::with_capacity(flat / 2);
+    let mut previous: Option<u64> = None;
+    for _ in 0..flat / 2 {
+        let gap = reader.uint()?;
+        let lo = match previous {
+            None => add(base, gap)?,
+            Some(p) => add(add(p, 2)?, gap)?,
+        };
+        let hi = add(lo, reader.uint()?)?;
+        ranges.push((lo, hi));
+        previous = Some(hi);
+    }
+    CounterSet::from_sorted_ranges(ranges).ok_or(WireError::Malformed("ranges overlap"))
 }
 
 pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), WireError> {
-    let parts: Vec<&Part<M>> = delta.parts.iter().filter(|p| !p.context.is_empty()).collect();
+    let parts: Vec<&Part<M>> = delta.parts.iter().filter(|p| !p.is_empty()).collect();
     write_array(out, parts.len())?;
     let mut topic_refs: HashMap<&str, u64> = HashMap::default();
     for part in parts {
         let dots: Vec<u64> = part.entries.iter().map(|e| e.dot).collect();
-        let explicit = implied_context(&dots, &part.removals) != part.context;
-        let fields = if explicit {
+        let explicit_events = implied_events(&dots, &part.removals) != part.context;
+        let explicit_dead = implied_dead(&part.removals, &part.context) != part.dead;
+        let fields = if explicit_dead {
+            7
+        } else if explicit_events {
             6
         } else if part.history_floor != 0 {
             5
@@ -62,7 +112,10 @@ pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), 
         write_str(out, id.name().as_str())?;
         write_uint(out, id.incarnation().started_ms());
         write_uint(out, u64::from(id.incarnation().nonce()));
-        let base = part.context.min().unwrap_or(1);
+        let base = match (part.context.min(), part.dead.min()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(1),
+        };
         write_uint(out, base);
         write_array(out, part.entries.len() * 5)?;
         let mut previous = base;
@@ -76,7 +129,8 @@ pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), 
                 }
             }
             write_str(out, e.key.as_str())?;
-            rmp_serde::encode::write(out, &e.meta).map_err(|err| WireError::MetaEncoding(err.to_string()))?;
+            rmp_serde::encode::write(out, &e.meta)
+                .map_err(|err| WireError::MetaEncoding(err.to_string()))?;
             write_uint(out, e.dot - previous);
             write_uint(out, e.dot - e.pid);
             previous = e.dot;
@@ -93,17 +147,15 @@ pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), 
         if fields >= 5 {
             write_uint(out, part.history_floor);
         }
-        if fields == 6 {
-            write_array(out, part.context.ranges().len() * 2)?;
-            let mut previous: Option<u64> = None;
-            for (lo, hi) in part.context.ranges() {
-                match previous {
-                    None => write_uint(out, lo - base),
-                    Some(p) => write_uint(out, lo - p - 2),
-                }
-                write_uint(out, hi - lo);
-                previous = Some(hi);
+        if fields >= 6 {
+            if explicit_events {
+                write_ranges(out, &part.context, base)?;
+            } else {
+                rmp::encode::write_nil(out).expect("writing to a Vec cannot fail");
             }
+        }
+        if fields == 7 {
+            write_ranges(out, &part.dead, base)?;
         }
     }
     Ok(())
@@ -132,15 +184,19 @@ pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireErr
     Ok(delta)
 }
 
-fn read_part<M: Meta>(reader: &mut Reader<'_>, topics: &mut Vec<Topic>) -> Result<Part<M>, WireError> {
+fn read_part<M: Meta>(
+    reader: &mut Reader<'_>,
+    topics: &mut Vec<Topic>,
+) -> Result<Part<M>, WireError> {
     let fields = reader.array(1)?;
-    if !(3..=6).contains(&fields) {
-        return Err(WireError::Malformed("a part has 3 to 6 fields"));
+    if !(3..=7).contains(&fields) {
+        return Err(WireError::Malformed("a part has 3 to 7 fields"));
     }
     if reader.array(1)? != 3 {
         return Err(WireError::Malformed("a replica id has 3 fields"));
     }
-    let name = ReplicaName::new(reader.str()?).map_err(|_| WireError::Malformed("invalid replica name"))?;
+    let name = ReplicaName::new(reader.str()?)
+        .map_err(|_| WireError::Malformed("invalid replica name"))?;
     let started_ms = reader.uint()?;
     let nonce = reader.u32()?;
     let mut part = Part::new(ReplicaId::new(name, Incarnation::new(started_ms, nonce)));
@@ -158,7 +214,11 @@ fn read_part<M: Meta>(reader: &mut Reader<'_>, topics: &mut Vec<Topic>) -> Resul
     part.entries.reserve(flat / 5);
     for i in 0..flat / 5 {
         let topic = match reader.peek_marker()? {
-            rmp::Marker::FixPos(_) | rmp::Marker::U8 | rmp::Marker::U16 | rmp::Marker::U32 | rmp::Marker::U64 => {
+            rmp::Marker::FixPos(_)
+            | rmp::Marker::U8
+            | rmp::Marker::U16
+            | rmp::Marker::U32
+            | rmp::Marker::U64 => {
                 let index = reader.uint()?;
                 if index >= topics.len() as u64 {
                     return Err(WireError::Malformed("topic index out of range"));
@@ -237,36 +297,39 @@ fn read_part<M: Meta>(reader: &mut Reader<'_>, topics: &mut Vec<Topic>) -> Resul
     if fields >= 5 {
         part.history_floor = reader.uint()?;
     }
-    let implied = implied_context(&dots, &part.removals);
-    part.context = if fields == 6 {
-        let flat = reader.array(1)?;
-        if flat == 0 || flat % 2 != 0 {
-            return Err(WireError::Malformed("context ranges come in pairs"));
+    let mut events = implied_events(&dots, &part.removals);
+    if fields >= 6 {
+        if reader.peek_marker()? == rmp::Marker::Null {
+            reader.byte()?;
+        } else {
+            let explicit = read_ranges(reader, base)?;
+            if !explicit.is_superset(&events) || explicit == events {
+                return Err(WireError::Malformed("events do not cover the entries"));
+            }
+            events = explicit;
         }
-        let mut ranges = Vec::with_capacity(flat / 2);
-        let mut previous: Option<u64> = None;
-        for _ in 0..flat / 2 {
-            let gap = reader.uint()?;
-            let lo = match previous {
-                None if gap != 0 => return Err(WireError::Malformed("context does not start at base")),
-                None => base,
-                Some(p) => add(add(p, 2)?, gap)?,
-            };
-            let hi = add(lo, reader.uint()?)?;
-            ranges.push((lo, hi));
-            previous = Some(hi);
+    }
+    let mut dead = implied_dead(&part.removals, &events);
+    if fields == 7 {
+        let explicit = read_ranges(reader, base)?;
+        if !explicit.is_superset(&dead) || explicit == dead {
+            return Err(WireError::Malformed("dead dots do not cover the removals"));
         }
-        let context =
-            CounterSet::from_sorted_ranges(ranges).ok_or(WireError::Malformed("context ranges overlap"))?;
-        if !context.is_superset(&implied) || context == implied {
-            return Err(WireError::Malformed("context does not cover its entries"));
+        let mut overlap = explicit.clone();
+        overlap.subtract(&events);
+        if overlap != explicit {
+            return Err(WireError::Malformed("a dot is both an event and dead"));
         }
-        context
-    } else {
-        implied
+        dead = explicit;
+    }
+    let smallest = match (events.min(), dead.min()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
-    if part.context.min() != Some(base) {
+    if smallest != Some(base) {
         return Err(WireError::Malformed("base is not the smallest counter"));
     }
+    part.context = events;
+    part.dead = dead;
     Ok(part)
 }

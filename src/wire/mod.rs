@@ -93,7 +93,10 @@ pub fn decode<M: Meta>(bytes: &[u8]) -> Result<Delta<M>, WireError> {
 }
 
 /// Decodes a delta, refusing messages over `max_message_bytes`.
-pub fn decode_with_limit<M: Meta>(bytes: &[u8], max_message_bytes: usize) -> Result<Delta<M>, WireError> {
+pub fn decode_with_limit<M: Meta>(
+    bytes: &[u8],
+    max_message_bytes: usize,
+) -> Result<Delta<M>, WireError> {
     if bytes.len() > max_message_bytes {
         return Err(WireError::Oversized {
             len: bytes.len(),

@@ -48,7 +48,10 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, WireError> {
-        Ok(self.take(n)?.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     fn marker(&mut self) -> Result<Marker, WireError> {
@@ -105,7 +108,8 @@ impl<'a> Reader<'a> {
             Marker::Str32 => self.be(4)? as usize,
             _ => return Err(WireError::Malformed("expected a string")),
         };
-        std::str::from_utf8(self.take(len)?).map_err(|_| WireError::Malformed("string is not UTF-8"))
+        std::str::from_utf8(self.take(len)?)
+            .map_err(|_| WireError::Malformed("string is not UTF-8"))
     }
 
     /// Steps over one value of any type, checking its structure.
@@ -122,7 +126,11 @@ impl<'a> Reader<'a> {
             pending -= 1;
             let marker = self.marker()?;
             let (skip, children) = match marker {
-                Marker::Null | Marker::True | Marker::False | Marker::FixPos(_) | Marker::FixNeg(_) => (0, 0),
+                Marker::Null
+                | Marker::True
+                | Marker::False
+                | Marker::FixPos(_)
+                | Marker::FixNeg(_) => (0, 0),
                 Marker::U8 | Marker::I8 => (1, 0),
                 Marker::U16 | Marker::I16 => (2, 0),
                 Marker::U32 | Marker::I32 | Marker::F32 => (4, 0),
@@ -145,7 +153,9 @@ impl<'a> Reader<'a> {
                 Marker::Ext8 => (self.be(1)? as usize + 1, 0),
                 Marker::Ext16 => (self.be(2)? as usize + 1, 0),
                 Marker::Ext32 => (self.be(4)? as usize + 1, 0),
-                Marker::Reserved => return Err(WireError::Malformed("reserved MessagePack marker")),
+                Marker::Reserved => {
+                    return Err(WireError::Malformed("reserved MessagePack marker"));
+                }
             };
             self.take(skip)?;
             if children > 0 {
