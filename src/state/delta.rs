@@ -1,7 +1,5 @@
 //! Deltas: small states that carry what changed, and whole states too.
 
-use std::collections::BTreeMap;
-
 use hashbrown::HashMap;
 
 use super::{CounterSet, Key, ReplicaId, Topic};
@@ -35,8 +33,7 @@ pub(crate) struct Part<M> {
     /// equal sub-states even when deltas arrive out of order: knowing that a
     /// dot died is not knowing what its event did.
     pub(crate) dead: CounterSet,
-    /// Live entries, sorted by dot, at most one version per presence, every
-    /// dot in `context`.
+    /// Live entries, sorted by dot, every dot in `context`.
     pub(crate) entries: Vec<PartEntry<M>>,
     /// Which event removed which dot, sorted by event; feeds the receivers'
     /// removal logs so that they can serve catch-ups in turn.
@@ -228,13 +225,6 @@ fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
         }
     }
     kept.sort_by_key(|e| e.dot);
-    // One version per presence: the newest, since only the owner writes.
-    let mut newest: BTreeMap<u64, u64> = BTreeMap::new();
-    for e in &kept {
-        let dot = newest.entry(e.pid).or_insert(e.dot);
-        *dot = (*dot).max(e.dot);
-    }
-    kept.retain(|e| newest.get(&e.pid) == Some(&e.dot));
     a.entries = kept;
     a.history_floor = joined_floor(&a.context, a.history_floor, &b.context, b.history_floor);
     a.context.union(&b.context);

@@ -126,45 +126,58 @@ impl<M: Meta> State<M> {
             self.check_part(part, &plan, 0)?;
             return Ok(plan);
         };
+        let held = self.store.replica_len(r);
+        // Local entries whose fate the part knows but that it does not hold
+        // are gone. Enumerate the part's counters or the local entries,
+        // whichever is fewer.
+        let mut removals = Vec::new();
+        if part.context.len().saturating_add(part.dead.len()) <= held as u64 {
+            for dot in part.context.iter().chain(part.dead.iter()) {
+                if let Some(slot) = self.store.find_dot(r, dot) {
+                    if !part.has_entry(dot) {
+                        removals.push((dot, slot));
+                    }
+                }
+            }
+            removals.sort_unstable();
+        } else {
+            removals = self
+                .store
+                .replica_slots(r)
+                .map(|s| (self.store.entry(s).dot, s))
+                .filter(|&(dot, _)| part.covers(dot) && !part.has_entry(dot))
+                .collect();
+            removals.sort_unstable();
+        }
+        // Entries new here. One that comes with the removal of another
+        // version of the same presence is an update of it.
+        let mut gone: HashSet<Slot> = removals.iter().map(|&(_, s)| s).collect();
         let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
             if slot.covers(e.dot) {
                 continue;
             }
-            let local_topic = self.store.topic_index(topics[e.topic as usize].as_str());
-            let existing =
-                local_topic.and_then(|t| self.store.find_presence(r, t, e.key.as_str(), e.pid));
-            match existing {
-                // A newer version is already here: this one is stale.
-                Some(s) if self.store.entry(s).dot > e.dot => {}
-                _ => plan.additions.push((i, existing)),
+            let replaces = if gone.is_empty() {
+                None
+            } else {
+                let topic = self.store.topic_index(topics[e.topic as usize].as_str());
+                topic.and_then(|t| {
+                    self.store.key_chain(t, e.key.as_str()).find(|s| {
+                        let local = self.store.entry(*s);
+                        local.replica == r && local.pid == e.pid && gone.contains(s)
+                    })
+                })
+            };
+            if let Some(s) = replaces {
+                gone.remove(&s);
             }
+            plan.additions.push((i, replaces));
         }
-        let replaced: HashSet<Slot> = plan.additions.iter().filter_map(|&(_, s)| s).collect();
-        let held = self.store.replica_len(r);
-        let mut remove = |slot: Slot, dot: u64| {
-            if !part.has_entry(dot) && !replaced.contains(&slot) {
-                plan.removals.push(slot);
-            }
-        };
-        if part.context.len().saturating_add(part.dead.len()) <= held as u64 {
-            for dot in part.context.iter().chain(part.dead.iter()) {
-                if let Some(slot) = self.store.find_dot(r, dot) {
-                    remove(slot, dot);
-                }
-            }
-        } else {
-            let mut covered: Vec<(u64, Slot)> = self
-                .store
-                .replica_slots(r)
-                .map(|s| (self.store.entry(s).dot, s))
-                .filter(|&(dot, _)| part.covers(dot))
-                .collect();
-            covered.sort_unstable();
-            for (dot, slot) in covered {
-                remove(slot, dot);
-            }
-        }
+        plan.removals = removals
+            .into_iter()
+            .filter(|(_, s)| gone.contains(s))
+            .map(|(_, s)| s)
+            .collect();
         self.check_part(part, &plan, held)?;
         Ok(plan)
     }
@@ -178,7 +191,7 @@ impl<M: Meta> State<M> {
                 added += 1;
             }
         }
-        let count = held + added - plan.removals.len().min(held);
+        let count = (held + added).saturating_sub(plan.removals.len());
         let max = self.limits.presences_per_replica();
         if count > max {
             return Err(StateError::TooManyPresences {

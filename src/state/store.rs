@@ -226,20 +226,6 @@ impl<M> Store<M> {
         })
     }
 
-    /// The version of presence `pid` of `replica` held on `(topic, key)`.
-    pub(crate) fn find_presence(
-        &self,
-        replica: u32,
-        topic: u32,
-        key: &str,
-        pid: u64,
-    ) -> Option<Slot> {
-        self.key_chain(topic, key).find(|&s| {
-            let e = live(&self.slots, s);
-            e.replica == replica && e.pid == pid
-        })
-    }
-
     /// Adds an entry; `visible` says whether its replica is shown.
     pub(crate) fn insert(
         &mut self,

@@ -22,7 +22,7 @@
 //! Trailing fields equal to their default are left out, so a lone join is
 //! `[replica, base, [topic, key, meta, 0, 0]]`.
 
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 
 use super::WireError;
 use super::msgpack::{Reader, write_array, write_str, write_uint};
@@ -210,7 +210,6 @@ fn read_part<M: Meta>(
         return Err(WireError::Malformed("entries come in fives"));
     }
     let mut dots = Vec::with_capacity(flat / 5);
-    let mut pids: HashSet<u64> = HashSet::with_capacity(flat / 5);
     part.entries.reserve(flat / 5);
     for i in 0..flat / 5 {
         let topic = match reader.peek_marker()? {
@@ -254,9 +253,6 @@ fn read_part<M: Meta>(
             return Err(WireError::Malformed("presence counter out of range"));
         }
         let pid = dot - back;
-        if !pids.insert(pid) {
-            return Err(WireError::Malformed("two versions of one presence"));
-        }
         dots.push(dot);
         match meta {
             Some(meta) => part.entries.push(PartEntry {
