@@ -145,6 +145,12 @@ impl<M: Clone> Delta<M> {
         self.parts.iter().map(|p| p.entries.len()).sum()
     }
 
+    /// How many entries the decoder dropped because their meta did not
+    /// decode as `M`. Their counters still count as applied.
+    pub fn undecodable(&self) -> u64 {
+        self.parts.iter().map(|p| p.undecodable).sum()
+    }
+
     pub(crate) fn part(&self, replica: &ReplicaId) -> Option<&Part<M>> {
         self.parts
             .binary_search_by(|p| p.replica.cmp(replica))
