@@ -11,8 +11,17 @@ use super::lifecycle::PurgeReason;
 use super::replica::ReplicaSlot;
 use super::store::Slot;
 use super::{
-    Delta, Diff, Meta, Part, Presence, PresenceId, ReplicaId, State, StateError, Topic, Update,
+    Delta, Diff, Incarnation, Meta, Part, Presence, PresenceId, ReplicaId, State, StateError,
+    Topic, Update,
 };
+
+/// What merging a delta will do.
+pub(crate) struct MergePlan {
+    parts: Vec<Plan>,
+    /// The newest incarnation of this replica's own name in the delta, if
+    /// newer than this one.
+    newer_self: Option<Incarnation>,
+}
 
 /// What merging one part will do.
 struct Plan {
@@ -48,21 +57,24 @@ impl<M: Meta> State<M> {
     /// When a part would break a [`Limits`](super::Limits) bound; the state
     /// is then unchanged.
     pub fn merge(&mut self, delta: Delta<M>) -> Result<Diff<M>, StateError> {
-        let plans = self.plan(&delta)?;
-        Ok(self.apply(delta, plans))
+        let plan = self.plan(&delta)?;
+        Ok(self.apply(delta, plan))
     }
 
-    fn plan(&mut self, delta: &Delta<M>) -> Result<Vec<Plan>, StateError> {
+    /// Plans a merge without changing anything; the error a merge would
+    /// return, if any.
+    pub(crate) fn plan(&self, delta: &Delta<M>) -> Result<MergePlan, StateError> {
         for topic in &delta.topics {
             self.check_topic(topic.as_str())?;
         }
         let mut plans = Vec::new();
+        let mut newer_self = None;
         let mut new_replicas = 0usize;
         for (index, part) in delta.parts.iter().enumerate() {
             let id = &part.replica;
             if id.name() == self.replica().name() {
                 if id.incarnation() > self.replica().incarnation() {
-                    self.superseded_by = self.superseded_by.max(Some(id.incarnation()));
+                    newer_self = newer_self.max(Some(id.incarnation()));
                 }
                 continue;
             }
@@ -103,7 +115,10 @@ impl<M: Meta> State<M> {
                 max: self.limits.replicas(),
             });
         }
-        Ok(plans)
+        Ok(MergePlan {
+            parts: plans,
+            newer_self,
+        })
     }
 
     fn plan_part(
@@ -203,11 +218,12 @@ impl<M: Meta> State<M> {
         Ok(())
     }
 
-    fn apply(&mut self, delta: Delta<M>, plans: Vec<Plan>) -> Diff<M> {
+    fn apply(&mut self, delta: Delta<M>, plan: MergePlan) -> Diff<M> {
+        self.superseded_by = self.superseded_by.max(plan.newer_self);
         let mut diff = DiffBuilder::new();
         let Delta { topics, parts } = delta;
         let mut parts: Vec<Option<Part<M>>> = parts.into_iter().map(Some).collect();
-        for plan in plans {
+        for plan in plan.parts {
             let Some(part) = parts[plan.part].take() else {
                 continue;
             };

@@ -7,6 +7,8 @@
 //! which returns the [`Diff`] they caused.
 
 mod counters;
+#[cfg(feature = "crdts")]
+mod crdts_impl;
 mod delta;
 mod diff;
 mod history;
