@@ -20,7 +20,8 @@ impl<M: Meta> State<M> {
         }
         let mut part = Part::new(replica.clone());
         part.context = slot.context.above(since);
-        part.dead = slot.dead.clone();
+        // The removal log holds every removal event above the floor, so the
+        // dots killed by the events sent are exactly the logged ones.
         for (&event, &dot) in slot.log.range(since.saturating_add(1)..) {
             part.removals.push(Removal { event, dot });
             part.dead.insert(dot);
