@@ -21,7 +21,10 @@ fn rows(state: &State<Meta>) -> BTreeSet<Row> {
     let mut rows = BTreeSet::new();
     for (topic, count) in state.topics() {
         let listed = state.list(topic.as_str());
-        assert_eq!(listed.iter().map(|k| k.presences.len()).sum::<usize>(), count);
+        assert_eq!(
+            listed.iter().map(|k| k.presences.len()).sum::<usize>(),
+            count
+        );
         for group in listed {
             for p in group.presences {
                 rows.insert((
@@ -41,16 +44,40 @@ fn rows(state: &State<Meta>) -> BTreeSet<Row> {
 fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
     for (topic, d) in diff.iter() {
         for p in &d.leaves {
-            let row = (topic.to_string(), p.key.to_string(), p.id.to_string(), p.version, p.meta.clone());
+            let row = (
+                topic.to_string(),
+                p.key.to_string(),
+                p.id.to_string(),
+                p.version,
+                p.meta.clone(),
+            );
             assert!(model.remove(&row), "leave of a presence not listed");
         }
         for u in &d.updates {
-            let old = (topic.to_string(), u.key.to_string(), u.id.to_string(), u.old_version, u.old_meta.clone());
+            let old = (
+                topic.to_string(),
+                u.key.to_string(),
+                u.id.to_string(),
+                u.old_version,
+                u.old_meta.clone(),
+            );
             assert!(model.remove(&old), "update of a presence not listed");
-            model.insert((topic.to_string(), u.key.to_string(), u.id.to_string(), u.version, u.meta.clone()));
+            model.insert((
+                topic.to_string(),
+                u.key.to_string(),
+                u.id.to_string(),
+                u.version,
+                u.meta.clone(),
+            ));
         }
         for p in &d.joins {
-            let row = (topic.to_string(), p.key.to_string(), p.id.to_string(), p.version, p.meta.clone());
+            let row = (
+                topic.to_string(),
+                p.key.to_string(),
+                p.id.to_string(),
+                p.version,
+                p.meta.clone(),
+            );
             assert!(model.insert(row), "join of a presence already listed");
         }
     }

@@ -241,10 +241,10 @@ impl CounterSet {
             if lo > hi || lo == 0 {
                 return None;
             }
-            if let Some(p) = previous {
-                if lo <= p.saturating_add(1) {
-                    return None;
-                }
+            if let Some(p) = previous
+                && lo <= p.saturating_add(1)
+            {
+                return None;
             }
             previous = Some(hi);
         }

@@ -1,6 +1,7 @@
 //! Replicas coming and going: hide, unhide, purge, re-admit, re-incarnate.
 
 use super::diff::DiffBuilder;
+use super::store::Place;
 use super::{
     CounterSet, Delta, Diff, Incarnation, Meta, Part, PartEntry, Presence, PresenceId, ReplicaId,
     State, StateError,
@@ -239,15 +240,13 @@ impl<M: Meta> State<M> {
             let (e, topic) = self.store.remove(slot, true);
             let counter = renamed.len() as u64 + 1;
             let topic_index = self.store.intern_topic(&topic);
-            self.store.insert(
-                new,
-                topic_index,
-                e.key.clone(),
-                e.meta.clone(),
-                counter,
-                counter,
-                true,
-            );
+            let at = Place {
+                replica: new,
+                topic: topic_index,
+                dot: counter,
+                pid: counter,
+            };
+            self.store.insert(at, e.key.clone(), e.meta.clone(), true);
             let delta_topic = match topics.iter().position(|t| t == &topic) {
                 Some(i) => i,
                 None => {

@@ -9,7 +9,7 @@ use hashbrown::HashSet;
 use super::diff::DiffBuilder;
 use super::lifecycle::PurgeReason;
 use super::replica::ReplicaSlot;
-use super::store::Slot;
+use super::store::{Place, Slot};
 use super::{
     Delta, Diff, Incarnation, Meta, Part, Presence, PresenceId, ReplicaId, State, StateError,
     Topic, Update,
@@ -148,10 +148,10 @@ impl<M: Meta> State<M> {
         let mut removals = Vec::new();
         if part.context.len().saturating_add(part.dead.len()) <= held as u64 {
             for dot in part.context.iter().chain(part.dead.iter()) {
-                if let Some(slot) = self.store.find_dot(r, dot) {
-                    if !part.has_entry(dot) {
-                        removals.push((dot, slot));
-                    }
+                if let Some(slot) = self.store.find_dot(r, dot)
+                    && !part.has_entry(dot)
+                {
+                    removals.push((dot, slot));
                 }
             }
             removals.sort_unstable();
@@ -307,22 +307,19 @@ impl<M: Meta> State<M> {
                             to
                         }
                     };
+                    let at = Place {
+                        replica: r,
+                        topic,
+                        dot: e.dot,
+                        pid: e.pid,
+                    };
                     if visible {
                         let name = self.store.topic_name(topic).clone();
-                        self.store.insert(
-                            r,
-                            topic,
-                            e.key.clone(),
-                            e.meta.clone(),
-                            e.dot,
-                            e.pid,
-                            true,
-                        );
+                        self.store.insert(at, e.key.clone(), e.meta.clone(), true);
                         let pid = PresenceId::new(id.clone(), e.pid);
                         diff.join(&name, Presence::new(e.key, pid, e.dot, e.meta));
                     } else {
-                        self.store
-                            .insert(r, topic, e.key, e.meta, e.dot, e.pid, false);
+                        self.store.insert(at, e.key, e.meta, false);
                     }
                 }
             }

@@ -39,7 +39,7 @@ pub(crate) use delta::{Part, PartEntry, Removal};
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
-use store::Store;
+use store::{Place, Store};
 
 /// What a presence's metadata must be: cloneable, comparable, and encodable
 /// as MessagePack. Implemented for every such type.
@@ -283,15 +283,13 @@ impl<M: Meta> State<M> {
         };
         let topic = self.store.topic_name(topic_index).clone();
         let key = Key::from(key);
-        self.store.insert(
-            self.me,
-            topic_index,
-            key.clone(),
-            meta.clone(),
-            counter,
-            counter,
-            true,
-        );
+        let at = Place {
+            replica: self.me,
+            topic: topic_index,
+            dot: counter,
+            pid: counter,
+        };
+        self.store.insert(at, key.clone(), meta.clone(), true);
         let id = PresenceId::new(self.replica().clone(), counter);
         let mut part = Part::new(self.replica().clone());
         part.context.insert(counter);

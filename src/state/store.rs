@@ -32,6 +32,15 @@ pub(crate) struct Entry<M> {
     topic_pos: u32,
 }
 
+/// Where a new entry goes: its replica, topic, dot and presence counter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Place {
+    pub(crate) replica: u32,
+    pub(crate) topic: u32,
+    pub(crate) dot: u64,
+    pub(crate) pid: u64,
+}
+
 #[derive(Clone, Debug)]
 struct TopicSlot {
     name: Topic,
@@ -227,16 +236,13 @@ impl<M> Store<M> {
     }
 
     /// Adds an entry; `visible` says whether its replica is shown.
-    pub(crate) fn insert(
-        &mut self,
-        replica: u32,
-        topic: u32,
-        key: Key,
-        meta: M,
-        dot: u64,
-        pid: u64,
-        visible: bool,
-    ) -> Slot {
+    pub(crate) fn insert(&mut self, at: Place, key: Key, meta: M, visible: bool) -> Slot {
+        let Place {
+            replica,
+            topic,
+            dot,
+            pid,
+        } = at;
         let topic_pos = self.topic(topic).members.len() as u32;
         let entry = Entry {
             key,

@@ -174,10 +174,10 @@ pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireErr
     };
     for _ in 0..count {
         let part = read_part(reader, &mut delta.topics)?;
-        if let Some(last) = delta.parts.last() {
-            if last.replica >= part.replica {
-                return Err(WireError::Malformed("parts are not sorted by replica"));
-            }
+        if let Some(last) = delta.parts.last()
+            && last.replica >= part.replica
+        {
+            return Err(WireError::Malformed("parts are not sorted by replica"));
         }
         delta.parts.push(part);
     }
