@@ -46,37 +46,37 @@ fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
         for p in &d.leaves {
             let row = (
                 topic.to_string(),
-                p.key.to_string(),
-                p.id.to_string(),
-                p.version,
-                p.meta.clone(),
+                p.key().to_string(),
+                p.id().to_string(),
+                p.version(),
+                p.meta().clone(),
             );
             assert!(model.remove(&row), "leave of a presence not listed");
         }
         for u in &d.updates {
             let old = (
                 topic.to_string(),
-                u.key.to_string(),
-                u.id.to_string(),
-                u.old_version,
-                u.old_meta.clone(),
+                u.key().to_string(),
+                u.id().to_string(),
+                u.old_version(),
+                u.old_meta().clone(),
             );
             assert!(model.remove(&old), "update of a presence not listed");
             model.insert((
                 topic.to_string(),
-                u.key.to_string(),
-                u.id.to_string(),
-                u.version,
-                u.meta.clone(),
+                u.key().to_string(),
+                u.id().to_string(),
+                u.version(),
+                u.meta().clone(),
             ));
         }
         for p in &d.joins {
             let row = (
                 topic.to_string(),
-                p.key.to_string(),
-                p.id.to_string(),
-                p.version,
-                p.meta.clone(),
+                p.key().to_string(),
+                p.id().to_string(),
+                p.version(),
+                p.meta().clone(),
             );
             assert!(model.insert(row), "join of a presence already listed");
         }

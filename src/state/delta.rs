@@ -2,7 +2,10 @@
 
 use hashbrown::HashMap;
 
-use super::{CounterSet, Key, ReplicaId, Topic};
+use std::sync::Arc;
+
+use super::store::Payload;
+use super::{CounterSet, ReplicaId, Topic};
 
 /// A piece of state to ship to peers and [`merge`](super::State::merge)
 /// there.
@@ -51,8 +54,7 @@ pub(crate) struct PartEntry<M> {
     pub(crate) pid: u64,
     /// Index into [`Delta::topics`].
     pub(crate) topic: u32,
-    pub(crate) key: Key,
-    pub(crate) meta: M,
+    pub(crate) payload: Arc<Payload<M>>,
 }
 
 /// The event counter `event` removed the entry with dot `dot`.
@@ -87,8 +89,7 @@ impl<M: PartialEq> PartialEq for Delta<M> {
                     && a.entries.iter().zip(&b.entries).all(|(x, y)| {
                         x.dot == y.dot
                             && x.pid == y.pid
-                            && x.key == y.key
-                            && x.meta == y.meta
+                            && x.payload == y.payload
                             && self.topics[x.topic as usize] == other.topics[y.topic as usize]
                     })
             })

@@ -1,45 +1,110 @@
 //! What a merge or a mutation changed in the visible lists.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::store::Payload;
 use super::{Key, PresenceId, Topic};
 
 /// One presence as a diff reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Presence<M> {
-    /// The key it is present under.
-    pub key: Key,
+    id: PresenceId,
+    version: u64,
+    payload: Arc<Payload<M>>,
+}
+
+impl<M> Presence<M> {
+    pub(crate) fn new(id: PresenceId, version: u64, payload: Arc<Payload<M>>) -> Self {
+        Self {
+            id,
+            version,
+            payload,
+        }
+    }
+
     /// Its stable id.
-    pub id: PresenceId,
+    pub fn id(&self) -> &PresenceId {
+        &self.id
+    }
+
+    /// The key it is present under.
+    pub fn key(&self) -> &Key {
+        &self.payload.key
+    }
+
     /// The counter of the version shown (the dot of its latest track or
     /// update).
-    pub version: u64,
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// Its metadata at that version.
-    pub meta: M,
+    pub fn meta(&self) -> &M {
+        &self.payload.meta
+    }
 }
 
 /// A presence whose metadata changed.
 ///
-/// `old_version` and `old_meta` are what this receiver showed before, even
-/// when intermediate versions were never seen here.
+/// The old version is what this receiver showed before, even when
+/// intermediate versions were never seen here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Update<M> {
-    /// The key it is present under.
-    pub key: Key,
+    id: PresenceId,
+    old_version: u64,
+    old: Arc<Payload<M>>,
+    version: u64,
+    new: Arc<Payload<M>>,
+}
+
+impl<M> Update<M> {
+    pub(crate) fn new(
+        id: PresenceId,
+        (old_version, old): (u64, Arc<Payload<M>>),
+        (version, new): (u64, Arc<Payload<M>>),
+    ) -> Self {
+        Self {
+            id,
+            old_version,
+            old,
+            version,
+            new,
+        }
+    }
+
     /// Its stable id.
-    pub id: PresenceId,
+    pub fn id(&self) -> &PresenceId {
+        &self.id
+    }
+
+    /// The key it is present under.
+    pub fn key(&self) -> &Key {
+        &self.new.key
+    }
+
     /// The version this receiver showed before.
-    pub old_version: u64,
+    pub fn old_version(&self) -> u64 {
+        self.old_version
+    }
+
     /// The metadata this receiver showed before.
-    pub old_meta: M,
+    pub fn old_meta(&self) -> &M {
+        &self.old.meta
+    }
+
     /// The version shown now.
-    pub version: u64,
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The metadata shown now.
-    pub meta: M,
+    pub fn meta(&self) -> &M {
+        &self.new.meta
+    }
 }
 
 /// The changes to one topic.
@@ -140,28 +205,32 @@ impl<M> Diff<M> {
     }
 }
 
-/// Collects a diff while an operation runs, hashing topics rather than
-/// walking the ordered map for every entry.
+/// Collects a diff while an operation runs. Topics are told apart by the
+/// address of their shared text, which is cheaper to hash than the text;
+/// two clones of one name from different allocations are joined at the end.
 pub(crate) struct DiffBuilder<M> {
-    topics: HashMap<Topic, TopicDiff<M>>,
+    topics: Vec<(Topic, TopicDiff<M>)>,
+    index: HashMap<usize, usize>,
     undecodable: u64,
 }
 
 impl<M> DiffBuilder<M> {
     pub(crate) fn new() -> Self {
         Self {
-            topics: HashMap::default(),
+            topics: Vec::new(),
+            index: HashMap::default(),
             undecodable: 0,
         }
     }
 
     fn topic(&mut self, topic: &Topic) -> &mut TopicDiff<M> {
-        if !self.topics.contains_key(topic.as_str()) {
-            self.topics.insert(topic.clone(), TopicDiff::default());
+        let next = self.topics.len();
+        let i = *self.index.entry(topic.identity()).or_insert(next);
+        if i == next {
+            // The clone keeps the address from being reused meanwhile.
+            self.topics.push((topic.clone(), TopicDiff::default()));
         }
-        self.topics
-            .get_mut(topic.as_str())
-            .expect("inserted just above")
+        &mut self.topics[i].1
     }
 
     pub(crate) fn join(&mut self, topic: &Topic, presence: Presence<M>) {
@@ -181,20 +250,23 @@ impl<M> DiffBuilder<M> {
     }
 
     pub(crate) fn finish(self) -> Diff<M> {
-        Diff {
-            topics: self.topics.into_iter().collect(),
-            undecodable: self.undecodable,
+        let mut topics: BTreeMap<Topic, TopicDiff<M>> = BTreeMap::new();
+        for (topic, diff) in self.topics {
+            match topics.entry(topic) {
+                Entry::Vacant(slot) => {
+                    slot.insert(diff);
+                }
+                Entry::Occupied(mut slot) => {
+                    let held = slot.get_mut();
+                    held.joins.extend(diff.joins);
+                    held.leaves.extend(diff.leaves);
+                    held.updates.extend(diff.updates);
+                }
+            }
         }
-    }
-}
-
-impl<M> Presence<M> {
-    pub(crate) fn new(key: Key, id: PresenceId, version: u64, meta: M) -> Self {
-        Self {
-            key,
-            id,
-            version,
-            meta,
+        Diff {
+            topics,
+            undecodable: self.undecodable,
         }
     }
 }

@@ -83,8 +83,7 @@ impl<M: Meta> State<M> {
                     dot: e.dot,
                     pid: e.pid,
                     topic,
-                    key: e.key.clone(),
-                    meta: e.meta.clone(),
+                    payload: e.payload.clone(),
                 }
             })
             .collect();

@@ -73,10 +73,9 @@ impl<M: Meta> State<M> {
             let e = self.store.entry(slot);
             let name = self.store.topic_name(topic).clone();
             let presence = Presence::new(
-                e.key.clone(),
                 PresenceId::new(replica.clone(), e.pid),
                 e.dot,
-                e.meta.clone(),
+                e.payload.clone(),
             );
             if hidden {
                 diff.leave(&name, presence);
@@ -127,7 +126,7 @@ impl<M: Meta> State<M> {
             let (old, topic) = self.store.remove(slot, visible);
             if visible {
                 let pid = PresenceId::new(id.clone(), old.pid);
-                diff.leave(&topic, Presence::new(old.key, pid, old.dot, old.meta));
+                diff.leave(&topic, Presence::new(pid, old.dot, old.payload));
             }
         }
         let counter = self.slot(r).context.max();
@@ -246,7 +245,7 @@ impl<M: Meta> State<M> {
                 dot: counter,
                 pid: counter,
             };
-            self.store.insert(at, e.key.clone(), e.meta.clone(), true);
+            self.store.insert(at, e.payload.clone(), true);
             let delta_topic = match topics.iter().position(|t| t == &topic) {
                 Some(i) => i,
                 None => {
@@ -258,8 +257,7 @@ impl<M: Meta> State<M> {
                 dot: counter,
                 pid: counter,
                 topic: delta_topic as u32,
-                key: e.key,
-                meta: e.meta,
+                payload: e.payload,
             });
             renamed.push((
                 PresenceId::new(old_id.clone(), e.pid),

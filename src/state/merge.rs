@@ -177,7 +177,7 @@ impl<M: Meta> State<M> {
             } else {
                 let topic = self.store.topic_index(topics[e.topic as usize].as_str());
                 topic.and_then(|t| {
-                    self.store.key_chain(t, e.key.as_str()).find(|s| {
+                    self.store.key_chain(t, e.payload.key.as_str()).find(|s| {
                         let local = self.store.entry(*s);
                         local.replica == r && local.pid == e.pid && gone.contains(s)
                     })
@@ -201,7 +201,7 @@ impl<M: Meta> State<M> {
     fn check_part(&self, part: &Part<M>, plan: &Plan, held: usize) -> Result<(), StateError> {
         let mut added = 0usize;
         for &(i, replaces) in &plan.additions {
-            self.check_key(part.entries[i].key.as_str())?;
+            self.check_key(part.entries[i].payload.key.as_str())?;
             if replaces.is_none() {
                 added += 1;
             }
@@ -258,7 +258,7 @@ impl<M: Meta> State<M> {
             let (old, topic) = self.store.remove(slot, visible);
             if visible {
                 let pid = PresenceId::new(id.clone(), old.pid);
-                diff.leave(&topic, Presence::new(old.key, pid, old.dot, old.meta));
+                diff.leave(&topic, Presence::new(pid, old.dot, old.payload));
             }
         }
         let Part {
@@ -274,37 +274,30 @@ impl<M: Meta> State<M> {
         let fresh = plan.additions.iter().filter(|a| a.1.is_none()).count();
         self.store.reserve(r, fresh);
         let mut additions = plan.additions.into_iter().peekable();
-        // Entries come sorted by dot, not topic; remember the last lookup.
-        let mut last_topic: Option<(u32, u32)> = None;
+        // The delta's topics, interned here as they are first needed. No
+        // topic is released while entries are added, so the map holds.
+        let mut local_topics: Vec<Option<u32>> = vec![None; topics.len()];
         for (i, e) in entries.into_iter().enumerate() {
             let Some(&(_, replaces)) = additions.peek().filter(|a| a.0 == i) else {
                 continue;
             };
             additions.next();
             match replaces {
-                Some(slot) if visible => {
-                    let (old_version, old_meta) = self.store.replace(slot, e.dot, e.meta.clone());
-                    let topic = self.store.topic_name(self.store.entry(slot).topic).clone();
-                    let update = Update {
-                        key: e.key,
-                        id: PresenceId::new(id.clone(), e.pid),
-                        old_version,
-                        old_meta,
-                        version: e.dot,
-                        meta: e.meta,
-                    };
-                    diff.update(&topic, update);
-                }
                 Some(slot) => {
-                    self.store.replace(slot, e.dot, e.meta);
+                    let old = self.store.replace(slot, e.dot, e.payload.clone());
+                    if visible {
+                        let topic = self.store.topic_name(self.store.entry(slot).topic);
+                        let id = PresenceId::new(id.clone(), e.pid);
+                        diff.update(topic, Update::new(id, old, (e.dot, e.payload)));
+                    }
                 }
                 None => {
-                    let topic = match last_topic {
-                        Some((from, to)) if from == e.topic => to,
-                        _ => {
-                            let to = self.store.intern_topic(&topics[e.topic as usize]);
-                            last_topic = Some((e.topic, to));
-                            to
+                    let topic = match local_topics[e.topic as usize] {
+                        Some(topic) => topic,
+                        None => {
+                            let topic = self.store.intern_topic(&topics[e.topic as usize]);
+                            local_topics[e.topic as usize] = Some(topic);
+                            topic
                         }
                     };
                     let at = Place {
@@ -313,13 +306,11 @@ impl<M: Meta> State<M> {
                         dot: e.dot,
                         pid: e.pid,
                     };
+                    self.store.insert(at, e.payload.clone(), visible);
                     if visible {
-                        let name = self.store.topic_name(topic).clone();
-                        self.store.insert(at, e.key.clone(), e.meta.clone(), true);
                         let pid = PresenceId::new(id.clone(), e.pid);
-                        diff.join(&name, Presence::new(e.key, pid, e.dot, e.meta));
-                    } else {
-                        self.store.insert(at, e.key, e.meta, false);
+                        let name = self.store.topic_name(topic);
+                        diff.join(name, Presence::new(pid, e.dot, e.payload));
                     }
                 }
             }

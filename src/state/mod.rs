@@ -17,7 +17,7 @@ mod lifecycle;
 mod limits;
 mod merge;
 mod replica;
-mod store;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -39,7 +39,7 @@ pub(crate) use delta::{Part, PartEntry, Removal};
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
-use store::{Place, Store};
+use store::{Payload, Place, Store};
 
 /// What a presence's metadata must be: cloneable, comparable, and encodable
 /// as MessagePack. Implemented for every such type.
@@ -282,14 +282,14 @@ impl<M: Meta> State<M> {
             None => self.store.intern_topic(&Topic::from(topic)),
         };
         let topic = self.store.topic_name(topic_index).clone();
-        let key = Key::from(key);
+        let payload = Payload::new(Key::from(key), meta);
         let at = Place {
             replica: self.me,
             topic: topic_index,
             dot: counter,
             pid: counter,
         };
-        self.store.insert(at, key.clone(), meta.clone(), true);
+        self.store.insert(at, payload.clone(), true);
         let id = PresenceId::new(self.replica().clone(), counter);
         let mut part = Part::new(self.replica().clone());
         part.context.insert(counter);
@@ -297,11 +297,10 @@ impl<M: Meta> State<M> {
             dot: counter,
             pid: counter,
             topic: 0,
-            key: key.clone(),
-            meta: meta.clone(),
+            payload: payload.clone(),
         });
         let mut diff = DiffBuilder::new();
-        diff.join(&topic, Presence::new(key, id.clone(), counter, meta));
+        diff.join(&topic, Presence::new(id.clone(), counter, payload));
         let delta = Delta {
             topics: vec![topic],
             parts: vec![part],
@@ -322,13 +321,10 @@ impl<M: Meta> State<M> {
         let slot = self.own_slot(id)?;
         self.check_meta(&meta)?;
         let counter = self.next_counter();
-        let (old_dot, old_meta) = self.store.replace(slot, counter, meta.clone());
         let entry = self.store.entry(slot);
-        let (topic, key, pid) = (
-            self.store.topic_name(entry.topic).clone(),
-            entry.key.clone(),
-            entry.pid,
-        );
+        let payload = Payload::new(entry.payload.key.clone(), meta);
+        let (topic, pid) = (self.store.topic_name(entry.topic).clone(), entry.pid);
+        let (old_dot, old_payload) = self.store.replace(slot, counter, payload.clone());
         self.moved.insert(pid, counter);
         let removal = Removal {
             event: counter,
@@ -341,23 +337,13 @@ impl<M: Meta> State<M> {
             dot: counter,
             pid,
             topic: 0,
-            key: key.clone(),
-            meta: meta.clone(),
+            payload: payload.clone(),
         });
         part.removals.push(removal);
         self.log_removal(self.me, removal);
         let mut diff = DiffBuilder::new();
-        diff.update(
-            &topic,
-            Update {
-                key,
-                id: id.clone(),
-                old_version: old_dot,
-                old_meta,
-                version: counter,
-                meta,
-            },
-        );
+        let update = Update::new(id.clone(), (old_dot, old_payload), (counter, payload));
+        diff.update(&topic, update);
         Ok(Change {
             delta: Delta {
                 topics: vec![topic],
@@ -421,7 +407,7 @@ impl<M: Meta> State<M> {
             part.removals.push(removal);
             self.log_removal(self.me, removal);
             let id = PresenceId::new(self.replica().clone(), old.pid);
-            diff.leave(&topic, Presence::new(old.key, id, old.dot, old.meta));
+            diff.leave(&topic, Presence::new(id, old.dot, old.payload));
         }
         let parts = if part.context.is_empty() {
             Vec::new()
@@ -447,8 +433,8 @@ impl<M: Meta> State<M> {
             .filter(|e| !self.slot(e.replica).hidden)
             .collect();
         members.sort_by(|a, b| {
-            (a.key.as_str(), &self.slot(a.replica).id, a.pid).cmp(&(
-                b.key.as_str(),
+            (a.payload.key.as_str(), &self.slot(a.replica).id, a.pid).cmp(&(
+                b.payload.key.as_str(),
                 &self.slot(b.replica).id,
                 b.pid,
             ))
@@ -457,9 +443,9 @@ impl<M: Meta> State<M> {
         for e in members {
             let presence = self.presence_ref(e);
             match groups.last_mut() {
-                Some(group) if group.key == &e.key => group.presences.push(presence),
+                Some(group) if group.key == &e.payload.key => group.presences.push(presence),
                 _ => groups.push(KeyPresences {
-                    key: &e.key,
+                    key: &e.payload.key,
                     presences: vec![presence],
                 }),
             }
@@ -536,7 +522,7 @@ impl<M: Meta> State<M> {
         PresenceRef {
             id: PresenceId::new(self.slot(e.replica).id.clone(), e.pid),
             version: e.dot,
-            meta: &e.meta,
+            meta: &e.payload.meta,
         }
     }
 

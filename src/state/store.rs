@@ -8,6 +8,7 @@
 //! numbers rather than keys or entries, which keeps a presence near 100 bytes.
 
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
@@ -17,11 +18,24 @@ use super::{Key, Topic};
 pub(crate) type Slot = u32;
 const NONE: Slot = Slot::MAX;
 
+/// The key and meta of one version of a presence, shared between the state,
+/// the deltas and the diffs that mention it, so none of them copies it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Payload<M> {
+    pub(crate) key: Key,
+    pub(crate) meta: M,
+}
+
+impl<M> Payload<M> {
+    pub(crate) fn new(key: Key, meta: M) -> Arc<Self> {
+        Arc::new(Self { key, meta })
+    }
+}
+
 /// One version of one presence.
 #[derive(Clone, Debug)]
 pub(crate) struct Entry<M> {
-    pub(crate) key: Key,
-    pub(crate) meta: M,
+    pub(crate) payload: Arc<Payload<M>>,
     pub(crate) topic: u32,
     pub(crate) replica: u32,
     /// The counter of this version.
@@ -196,6 +210,10 @@ impl<M> Store<M> {
         let slots = &self.slots;
         self.by_dot[replica as usize]
             .reserve(additional, |&s| dot_hash(hasher, live(slots, s).dot));
+        self.by_key.reserve(additional, |&s| {
+            let e = live(slots, s);
+            key_hash(hasher, e.topic, e.payload.key.as_str())
+        });
         let spare = self.free.len() + (self.slots.capacity() - self.slots.len());
         if additional > spare {
             self.slots.reserve_exact(additional - spare);
@@ -226,7 +244,7 @@ impl<M> Store<M> {
             .by_key
             .find(key_hash(&self.hasher, topic, key), |&s| {
                 let e = live(slots, s);
-                e.topic == topic && e.key.as_str() == key
+                e.topic == topic && e.payload.key.as_str() == key
             })
             .copied();
         std::iter::successors(head, move |&s| {
@@ -236,7 +254,7 @@ impl<M> Store<M> {
     }
 
     /// Adds an entry; `visible` says whether its replica is shown.
-    pub(crate) fn insert(&mut self, at: Place, key: Key, meta: M, visible: bool) -> Slot {
+    pub(crate) fn insert(&mut self, at: Place, payload: Arc<Payload<M>>, visible: bool) -> Slot {
         let Place {
             replica,
             topic,
@@ -245,8 +263,7 @@ impl<M> Store<M> {
         } = at;
         let topic_pos = self.topic(topic).members.len() as u32;
         let entry = Entry {
-            key,
-            meta,
+            payload,
             topic,
             replica,
             dot,
@@ -274,11 +291,11 @@ impl<M> Store<M> {
         self.by_dot[replica as usize].insert_unique(dot_hash(hasher, dot), slot, |&s| {
             dot_hash(hasher, live(slots, s).dot)
         });
-        let key_str = live(slots, slot).key.as_str();
+        let key_str = live(slots, slot).payload.key.as_str();
         let hash = key_hash(hasher, topic, key_str);
         let found = self.by_key.find_mut(hash, |&s| {
             let e = live(slots, s);
-            e.topic == topic && e.key.as_str() == key_str
+            e.topic == topic && e.payload.key.as_str() == key_str
         });
         match found {
             Some(head) => {
@@ -288,7 +305,7 @@ impl<M> Store<M> {
             None => {
                 self.by_key.insert_unique(hash, slot, |&s| {
                     let e = live(slots, s);
-                    key_hash(hasher, e.topic, e.key.as_str())
+                    key_hash(hasher, e.topic, e.payload.key.as_str())
                 });
             }
         }
@@ -300,14 +317,20 @@ impl<M> Store<M> {
         slot
     }
 
-    /// Gives an entry a new version in place; returns the old dot and meta.
-    pub(crate) fn replace(&mut self, slot: Slot, dot: u64, meta: M) -> (u64, M) {
+    /// Gives an entry a new version in place; returns the old dot and
+    /// payload. The key stays the same.
+    pub(crate) fn replace(
+        &mut self,
+        slot: Slot,
+        dot: u64,
+        payload: Arc<Payload<M>>,
+    ) -> (u64, Arc<Payload<M>>) {
         let hasher = &self.hasher;
         let slots = &mut self.slots;
         let entry = live_mut(slots, slot);
         let replica = entry.replica as usize;
         let old_dot = std::mem::replace(&mut entry.dot, dot);
-        let old_meta = std::mem::replace(&mut entry.meta, meta);
+        let old_payload = std::mem::replace(&mut entry.payload, payload);
         let table = &mut self.by_dot[replica];
         if let Ok(found) = table.find_entry(dot_hash(hasher, old_dot), |&s| s == slot) {
             found.remove();
@@ -315,7 +338,7 @@ impl<M> Store<M> {
         table.insert_unique(dot_hash(hasher, dot), slot, |&s| {
             dot_hash(hasher, live(slots, s).dot)
         });
-        (old_dot, old_meta)
+        (old_dot, old_payload)
     }
 
     /// Removes an entry and returns it with its topic's name (the topic
@@ -333,13 +356,13 @@ impl<M> Store<M> {
         {
             found.remove();
         }
-        let key_str = live(slots, slot).key.as_str();
+        let key_str = live(slots, slot).payload.key.as_str();
         let hash = key_hash(hasher, topic, key_str);
         let head = self
             .by_key
             .find(hash, |&s| {
                 let e = live(slots, s);
-                e.topic == topic && e.key.as_str() == key_str
+                e.topic == topic && e.payload.key.as_str() == key_str
             })
             .copied();
         match head {

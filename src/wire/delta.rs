@@ -26,6 +26,7 @@ use hashbrown::HashMap;
 
 use super::WireError;
 use super::msgpack::{Reader, write_array, write_str, write_uint};
+use crate::state::store::Payload;
 use crate::state::{
     CounterSet, Delta, Incarnation, Key, Meta, Part, PartEntry, Removal, ReplicaId, ReplicaName,
     Topic,
@@ -128,8 +129,8 @@ pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), 
                     write_str(out, topic)?;
                 }
             }
-            write_str(out, e.key.as_str())?;
-            rmp_serde::encode::write(out, &e.meta)
+            write_str(out, e.payload.key.as_str())?;
+            rmp_serde::encode::write(out, &e.payload.meta)
                 .map_err(|err| WireError::MetaEncoding(err.to_string()))?;
             write_uint(out, e.dot - previous);
             write_uint(out, e.dot - e.pid);
@@ -259,8 +260,7 @@ fn read_part<M: Meta>(
                 dot,
                 pid,
                 topic,
-                key: Key::from(key),
-                meta,
+                payload: Payload::new(Key::from(key), meta),
             }),
             None => part.undecodable += 1,
         }
