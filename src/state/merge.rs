@@ -81,10 +81,12 @@ impl<M: Meta> State<M> {
             if self.is_dead(id) || part.is_empty() {
                 continue;
             }
-            // A newer incarnation of the same name later in the delta wins.
-            let newer_follows = delta.parts[index + 1..]
-                .iter()
-                .any(|p| p.replica.name() == id.name() && !p.is_empty());
+            // Parts are sorted by replica, so a newer incarnation of the same
+            // name comes next; it wins.
+            let newer_follows = delta
+                .parts
+                .get(index + 1)
+                .is_some_and(|p| p.replica.name() == id.name());
             if newer_follows {
                 continue;
             }
@@ -228,10 +230,7 @@ impl<M: Meta> State<M> {
                 continue;
             };
             for &old in &plan.superseded {
-                let old_id = self.slot(old).id.clone();
                 self.purge_slot(old, PurgeReason::Superseded, &mut diff);
-                self.newest
-                    .insert(old_id.name().clone(), part.replica.incarnation());
             }
             self.newest
                 .insert(part.replica.name().clone(), part.replica.incarnation());
