@@ -1,0 +1,187 @@
+//! Memory held per presence by a state holding one remote replica's
+//! presences, `attendance` against `crdts::Orswot`.
+//!
+//! Prints one line per measurement:
+//!
+//! ```text
+//! footprint IMPL presences=S requested_bytes_per_presence=N block_bytes_per_presence=N allocs_per_presence=N
+//! ```
+//!
+//! for IMPL `attendance` and `crdts_orswot` and S in 600,000, 800,000 and
+//! 1,000,000, each after S/10 churn (S/10 leaves of random held presences,
+//! then S/10 new joins). Requested bytes sum the sizes of the live
+//! allocations; block bytes count each as `max(32, round_up_16(size + 8))`,
+//! what glibc malloc spends on it; allocs count the live allocations.
+//!
+//! Each structure is built in a function that returns only it: the remote
+//! state, the deltas and every other temporary are dropped before the
+//! measurement, so the live totals minus those from before the build are the
+//! measured structure alone.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{OrRemote, OrSet, Pair};
+use crdts::CmRDT;
+
+/// Wraps the system allocator and counts what is live.
+struct Counting;
+
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// What glibc malloc spends on an allocation of `size` bytes: an 8-byte
+/// header, rounded up to 16, at least 32.
+fn block(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
+
+fn counted(size: usize) {
+    REQUESTED.fetch_add(size, Ordering::Relaxed);
+    BLOCKS.fetch_add(block(size), Ordering::Relaxed);
+    COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+fn released(size: usize) {
+    REQUESTED.fetch_sub(size, Ordering::Relaxed);
+    BLOCKS.fetch_sub(block(size), Ordering::Relaxed);
+    COUNT.fetch_sub(1, Ordering::Relaxed);
+}
+
+// `unsafe` is confined to this bench binary (the library forbids it):
+// measuring memory requires observing every allocation, and the only way to
+// do that is a global allocator, whose trait is unsafe to implement. Every
+// method forwards to `System` with the caller's arguments unchanged, so it
+// upholds exactly the contract `System` does; the counting touches only
+// atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            counted(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds `alloc_zeroed`'s
+        // contract.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            counted(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from this allocator, that
+        // is from `System`, with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        released(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; `ptr` came from `System` with
+        // `layout`, and the caller upholds `realloc`'s contract.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            // The old block is gone and the new one live; on failure the old
+            // one stays live and nothing changes.
+            counted(new_size);
+            released(layout.size());
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The live totals: requested bytes, block bytes, allocations.
+#[derive(Clone, Copy)]
+struct Live {
+    requested: usize,
+    blocks: usize,
+    count: usize,
+}
+
+fn live() -> Live {
+    Live {
+        requested: REQUESTED.load(Ordering::Relaxed),
+        blocks: BLOCKS.load(Ordering::Relaxed),
+        count: COUNT.load(Ordering::Relaxed),
+    }
+}
+
+/// Measures what the value `build` returns keeps alive, and prints it.
+fn measure<T>(name: &str, s: usize, build: impl FnOnce(usize) -> T) {
+    let before = live();
+    let built = build(s);
+    let after = live();
+    let per = |a: usize, b: usize| (a as f64 - b as f64) / s as f64;
+    println!(
+        "footprint {name} presences={s} requested_bytes_per_presence={:.2} \
+         block_bytes_per_presence={:.2} allocs_per_presence={:.2}",
+        per(after.requested, before.requested),
+        per(after.blocks, before.blocks),
+        per(after.count, before.count),
+    );
+    drop(built);
+}
+
+/// The local (observer) state holding the remote's `s` presences: a
+/// snapshot of the remote merged, then `s / 10` leaves and `s / 10` joins
+/// merged one delta at a time. Only the local state is returned.
+fn attendance(s: usize) -> attendance::State<common::Meta> {
+    let mut pair = Pair::new(s);
+    pair.churn(s / 10);
+    assert_eq!(pair.local.len(), s);
+    pair.local
+}
+
+/// An `Orswot` holding `s` members, with the same churn: `s / 10` removals
+/// of random members, then `s / 10` new adds. The ops are applied to a
+/// second set, which is the one returned (the local).
+fn crdts_orswot(s: usize) -> OrSet {
+    let mut remote = OrRemote::new(s);
+    let mut local = remote.set.clone();
+    for _ in 0..s / 10 {
+        let (op, _) = remote.rm();
+        local.apply(op);
+    }
+    for _ in 0..s / 10 {
+        let op = remote.add();
+        local.apply(op);
+    }
+    assert_eq!(local, remote.set);
+    local
+}
+
+const SIZES: [usize; 3] = [600_000, 800_000, 1_000_000];
+
+fn main() {
+    // Warm up whatever allocates once, lazily, so that it does not land in
+    // a measurement. (Stdout's buffer is allocated by the first line, after
+    // the first measurement is taken.)
+    drop(attendance(1_000));
+    drop(crdts_orswot(1_000));
+
+    for s in SIZES {
+        measure("attendance", s, attendance);
+    }
+    for s in SIZES {
+        measure("crdts_orswot", s, crdts_orswot);
+    }
+
+    wire_sizes();
+}
+
+// --- wire sizes -------------------------------------------------------------
+//
+// To be added here: the lines `wire delta_one_join ...` and
+// `wire state_100000 ...`. Nothing is encoded yet.
+fn wire_sizes() {}
