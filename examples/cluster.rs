@@ -223,17 +223,17 @@ enum Kind {
 fn describe(diff: &Diff<Meta>) -> Vec<(Kind, String)> {
     let mut lines = Vec::new();
     for (topic, changes) in diff.iter() {
-        for p in &changes.joins {
+        for p in changes.joins() {
             let (key, id, device) = (p.key(), short_id(p.id()), &p.meta().device);
             lines.push((Kind::Join, format!("{topic} {key} ({id}) device={device}")));
         }
-        for u in &changes.updates {
+        for u in changes.updates() {
             let (key, id) = (u.key(), short_id(u.id()));
             let (old, new) = (&u.old_meta().device, &u.meta().device);
             let line = format!("{topic} {key} ({id}) device={old} -> {new}");
             lines.push((Kind::Update, line));
         }
-        for p in &changes.leaves {
+        for p in changes.leaves() {
             let (key, id) = (p.key(), short_id(p.id()));
             lines.push((Kind::Leave, format!("{topic} {key} ({id})")));
         }

@@ -43,7 +43,7 @@ fn rows(state: &State<Meta>) -> BTreeSet<Row> {
 
 fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
     for (topic, d) in diff.iter() {
-        for p in &d.leaves {
+        for p in d.leaves() {
             let row = (
                 topic.to_string(),
                 p.key().to_string(),
@@ -53,7 +53,7 @@ fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
             );
             assert!(model.remove(&row), "leave of a presence not listed");
         }
-        for u in &d.updates {
+        for u in d.updates() {
             let old = (
                 topic.to_string(),
                 u.key().to_string(),
@@ -70,7 +70,7 @@ fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
                 u.meta().clone(),
             ));
         }
-        for p in &d.joins {
+        for p in d.joins() {
             let row = (
                 topic.to_string(),
                 p.key().to_string(),

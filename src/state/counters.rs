@@ -2,6 +2,12 @@
 
 use std::fmt;
 
+use smallvec::SmallVec;
+
+/// Ranges kept inline: most sets are one range, and a delta's set is made
+/// and dropped on every merge.
+type Ranges = SmallVec<[(u64, u64); 1]>;
+
 /// A set of counter values of one replica, kept as sorted, disjoint,
 /// non-adjacent inclusive ranges.
 ///
@@ -10,13 +16,13 @@ use std::fmt;
 /// ranges. Its size follows the gaps, never the number of presences.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct CounterSet {
-    ranges: Vec<(u64, u64)>,
+    ranges: Ranges,
 }
 
 impl CounterSet {
     /// The empty set.
-    pub const fn new() -> Self {
-        Self { ranges: Vec::new() }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The set `1..=n` (empty when `n` is 0).
@@ -132,7 +138,8 @@ impl CounterSet {
             self.ranges.insert(start, (lo, hi));
         } else {
             let merged = (lo.min(self.ranges[start].0), hi.max(self.ranges[end - 1].1));
-            self.ranges.splice(start..end, [merged]);
+            self.ranges.drain(start + 1..end);
+            self.ranges[start] = merged;
         }
     }
 
@@ -144,8 +151,7 @@ impl CounterSet {
             }
             return;
         }
-        let mut merged: Vec<(u64, u64)> =
-            Vec::with_capacity(self.ranges.len() + other.ranges.len());
+        let mut merged = Ranges::with_capacity(self.ranges.len() + other.ranges.len());
         let mut a = self.ranges.iter().peekable();
         let mut b = other.ranges.iter().peekable();
         loop {
@@ -182,7 +188,7 @@ impl CounterSet {
         if self.is_empty() || other.is_empty() {
             return;
         }
-        let mut kept = Vec::with_capacity(self.ranges.len());
+        let mut kept = Ranges::with_capacity(self.ranges.len());
         let mut theirs = other.ranges.iter().peekable();
         for &(first, hi) in &self.ranges {
             let mut lo = Some(first);
@@ -248,7 +254,9 @@ impl CounterSet {
             }
             previous = Some(hi);
         }
-        Some(CounterSet { ranges })
+        Some(CounterSet {
+            ranges: ranges.into(),
+        })
     }
 }
 

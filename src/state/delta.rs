@@ -4,6 +4,8 @@ use hashbrown::HashMap;
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::store::Payload;
 use super::{CounterSet, ReplicaId, Topic};
 
@@ -17,9 +19,9 @@ use super::{CounterSet, ReplicaId, Topic};
 #[derive(Clone, Debug)]
 pub struct Delta<M> {
     /// Topics the entries refer to by index.
-    pub(crate) topics: Vec<Topic>,
+    pub(crate) topics: SmallVec<[Topic; 1]>,
     /// One part per replica, sorted by replica id.
-    pub(crate) parts: Vec<Part<M>>,
+    pub(crate) parts: SmallVec<[Part<M>; 1]>,
 }
 
 /// What a delta says about one replica's sub-state.
@@ -37,10 +39,10 @@ pub(crate) struct Part<M> {
     /// dot died is not knowing what its event did.
     pub(crate) dead: CounterSet,
     /// Live entries, sorted by dot, every dot in `context`.
-    pub(crate) entries: Vec<PartEntry<M>>,
+    pub(crate) entries: SmallVec<[PartEntry<M>; 1]>,
     /// Which event removed which dot, sorted by event; feeds the receivers'
     /// removal logs so that they can serve catch-ups in turn.
-    pub(crate) removals: Vec<Removal>,
+    pub(crate) removals: SmallVec<[Removal; 1]>,
     /// `removals` lists every removal event of `context` above this counter.
     pub(crate) history_floor: u64,
     /// Entries the decoder dropped because their meta did not decode.
@@ -67,8 +69,8 @@ pub(crate) struct Removal {
 impl<M> Default for Delta<M> {
     fn default() -> Self {
         Self {
-            topics: Vec::new(),
-            parts: Vec::new(),
+            topics: SmallVec::new(),
+            parts: SmallVec::new(),
         }
     }
 }
@@ -96,14 +98,28 @@ impl<M: PartialEq> PartialEq for Delta<M> {
     }
 }
 
+impl<M> Delta<M> {
+    /// A delta of one part, or of none when the part says nothing.
+    pub(crate) fn of_part(topics: impl IntoIterator<Item = Topic>, part: Part<M>) -> Self {
+        let mut delta = Delta {
+            topics: topics.into_iter().collect(),
+            parts: SmallVec::new(),
+        };
+        if !part.is_empty() {
+            delta.parts.push(part);
+        }
+        delta
+    }
+}
+
 impl<M> Part<M> {
     pub(crate) fn new(replica: ReplicaId) -> Self {
         Self {
             replica,
             context: CounterSet::new(),
             dead: CounterSet::new(),
-            entries: Vec::new(),
-            removals: Vec::new(),
+            entries: SmallVec::new(),
+            removals: SmallVec::new(),
             history_floor: 0,
             undecodable: 0,
         }
@@ -219,7 +235,8 @@ pub(crate) fn joined_floor(a: &CounterSet, a_floor: u64, b: &CounterSet, b_floor
 /// The CRDT join of two parts of one replica.
 fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
     let a_entries = std::mem::take(&mut a.entries);
-    let mut kept: Vec<PartEntry<M>> = Vec::with_capacity(a_entries.len() + b.entries.len());
+    let mut kept: SmallVec<[PartEntry<M>; 1]> =
+        SmallVec::with_capacity(a_entries.len() + b.entries.len());
     // An entry survives if the other side holds it too or has never seen it.
     for e in a_entries {
         if b.has_entry(e.dot) || !b.covers(e.dot) {

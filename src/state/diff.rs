@@ -1,10 +1,9 @@
 //! What a merge or a mutation changed in the visible lists.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use super::store::Payload;
 use super::{Key, PresenceId, Topic};
@@ -109,27 +108,38 @@ impl<M> Update<M> {
 
 /// The changes to one topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct TopicDiff<M> {
-    /// Presences that appeared.
-    pub joins: Vec<Presence<M>>,
-    /// Presences that disappeared.
-    pub leaves: Vec<Presence<M>>,
-    /// Presences whose metadata changed.
-    pub updates: Vec<Update<M>>,
+    joins: SmallVec<[Presence<M>; 1]>,
+    leaves: SmallVec<[Presence<M>; 1]>,
+    updates: SmallVec<[Update<M>; 1]>,
 }
 
 impl<M> Default for TopicDiff<M> {
     fn default() -> Self {
         Self {
-            joins: Vec::new(),
-            leaves: Vec::new(),
-            updates: Vec::new(),
+            joins: SmallVec::new(),
+            leaves: SmallVec::new(),
+            updates: SmallVec::new(),
         }
     }
 }
 
 impl<M> TopicDiff<M> {
+    /// Presences that appeared.
+    pub fn joins(&self) -> &[Presence<M>] {
+        &self.joins
+    }
+
+    /// Presences that disappeared.
+    pub fn leaves(&self) -> &[Presence<M>] {
+        &self.leaves
+    }
+
+    /// Presences whose metadata changed.
+    pub fn updates(&self) -> &[Update<M>] {
+        &self.updates
+    }
+
     /// Whether nothing changed on the topic.
     pub fn is_empty(&self) -> bool {
         self.joins.is_empty() && self.leaves.is_empty() && self.updates.is_empty()
@@ -142,14 +152,16 @@ impl<M> TopicDiff<M> {
 /// exactly the state's current list: no join is missed and none is invented.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diff<M> {
-    topics: BTreeMap<Topic, TopicDiff<M>>,
+    /// Sorted by topic, each topic once. Most diffs touch one topic: it is
+    /// kept inline.
+    topics: SmallVec<[(Topic, TopicDiff<M>); 1]>,
     undecodable: u64,
 }
 
 impl<M> Default for Diff<M> {
     fn default() -> Self {
         Self {
-            topics: BTreeMap::new(),
+            topics: SmallVec::new(),
             undecodable: 0,
         }
     }
@@ -163,32 +175,32 @@ impl<M> Diff<M> {
 
     /// The topics that changed, in order, with their changes.
     pub fn iter(&self) -> impl Iterator<Item = (&Topic, &TopicDiff<M>)> {
-        self.topics.iter()
+        self.topics.iter().map(|(t, d)| (t, d))
     }
 
     /// The changes to one topic, if it changed.
     pub fn topic(&self, topic: &str) -> Option<&TopicDiff<M>> {
-        self.topics.get(topic)
+        self.topics
+            .binary_search_by(|(t, _)| t.as_str().cmp(topic))
+            .ok()
+            .map(|i| &self.topics[i].1)
     }
 
     /// Every join, with its topic.
     pub fn joins(&self) -> impl Iterator<Item = (&Topic, &Presence<M>)> {
-        self.topics
-            .iter()
+        self.iter()
             .flat_map(|(t, d)| d.joins.iter().map(move |p| (t, p)))
     }
 
     /// Every leave, with its topic.
     pub fn leaves(&self) -> impl Iterator<Item = (&Topic, &Presence<M>)> {
-        self.topics
-            .iter()
+        self.iter()
             .flat_map(|(t, d)| d.leaves.iter().map(move |p| (t, p)))
     }
 
     /// Every update, with its topic.
     pub fn updates(&self) -> impl Iterator<Item = (&Topic, &Update<M>)> {
-        self.topics
-            .iter()
+        self.iter()
             .flat_map(|(t, d)| d.updates.iter().map(move |u| (t, u)))
     }
 
@@ -199,37 +211,63 @@ impl<M> Diff<M> {
         self.undecodable
     }
 
-    /// The per-topic changes, by value.
-    pub fn into_topics(self) -> BTreeMap<Topic, TopicDiff<M>> {
-        self.topics
+    /// The per-topic changes, by value, sorted by topic.
+    pub fn into_topics(self) -> impl Iterator<Item = (Topic, TopicDiff<M>)> {
+        self.topics.into_iter()
     }
 }
 
+/// Past this many topics a diff under construction indexes them by hash
+/// rather than by a scan.
+const SCANNED_TOPICS: usize = 8;
+
 /// Collects a diff while an operation runs. Topics are told apart by the
-/// address of their shared text, which is cheaper to hash than the text;
-/// two clones of one name from different allocations are joined at the end.
+/// address of their shared text, which is cheaper than the text; two clones
+/// of one name from different allocations are joined at the end.
 pub(crate) struct DiffBuilder<M> {
-    topics: Vec<(Topic, TopicDiff<M>)>,
-    index: HashMap<usize, usize>,
+    topics: SmallVec<[(Topic, TopicDiff<M>); 1]>,
+    index: Option<HashMap<usize, usize>>,
     undecodable: u64,
 }
 
 impl<M> DiffBuilder<M> {
     pub(crate) fn new() -> Self {
         Self {
-            topics: Vec::new(),
-            index: HashMap::default(),
+            topics: SmallVec::new(),
+            index: None,
             undecodable: 0,
         }
     }
 
     fn topic(&mut self, topic: &Topic) -> &mut TopicDiff<M> {
-        let next = self.topics.len();
-        let i = *self.index.entry(topic.identity()).or_insert(next);
-        if i == next {
-            // The clone keeps the address from being reused meanwhile.
-            self.topics.push((topic.clone(), TopicDiff::default()));
-        }
+        let identity = topic.identity();
+        let found = match &self.index {
+            Some(index) => index.get(&identity).copied(),
+            None => self
+                .topics
+                .iter()
+                .position(|(t, _)| t.identity() == identity),
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                // The clone keeps the address from being reused meanwhile.
+                self.topics.push((topic.clone(), TopicDiff::default()));
+                let i = self.topics.len() - 1;
+                if let Some(index) = &mut self.index {
+                    index.insert(identity, i);
+                } else if self.topics.len() > SCANNED_TOPICS {
+                    let index = self
+                        .topics
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (t, _))| (t.identity(), i))
+                        .collect();
+                    self.index = Some(index);
+                }
+                i
+            }
+        };
         &mut self.topics[i].1
     }
 
@@ -250,19 +288,21 @@ impl<M> DiffBuilder<M> {
     }
 
     pub(crate) fn finish(self) -> Diff<M> {
-        let mut topics: BTreeMap<Topic, TopicDiff<M>> = BTreeMap::new();
-        for (topic, diff) in self.topics {
-            match topics.entry(topic) {
-                Entry::Vacant(slot) => {
-                    slot.insert(diff);
-                }
-                Entry::Occupied(mut slot) => {
-                    let held = slot.get_mut();
-                    held.joins.extend(diff.joins);
-                    held.leaves.extend(diff.leaves);
-                    held.updates.extend(diff.updates);
+        let mut topics = self.topics;
+        topics.sort_by(|a, b| a.0.cmp(&b.0));
+        if topics.windows(2).any(|w| w[0].0 == w[1].0) {
+            let mut joined: SmallVec<[(Topic, TopicDiff<M>); 1]> = SmallVec::new();
+            for (topic, diff) in topics {
+                match joined.last_mut() {
+                    Some((last, held)) if *last == topic => {
+                        held.joins.extend(diff.joins);
+                        held.leaves.extend(diff.leaves);
+                        held.updates.extend(diff.updates);
+                    }
+                    _ => joined.push((topic, diff)),
                 }
             }
+            topics = joined;
         }
         Diff {
             topics,

@@ -22,9 +22,9 @@ impl<M: Meta> State<M> {
         part.context = slot.context.above(since);
         // The removal log holds every removal event above the floor, so the
         // dots killed by the events sent are exactly the logged ones.
-        for (&event, &dot) in slot.log.range(since.saturating_add(1)..) {
-            part.removals.push(Removal { event, dot });
-            part.dead.insert(dot);
+        for removal in slot.removals_since(since) {
+            part.removals.push(removal);
+            part.dead.insert(removal.dot);
         }
         part.dead.subtract(&part.context);
         part.history_floor = since;
@@ -51,11 +51,7 @@ impl<M: Meta> State<M> {
         let mut part = Part::new(slot.id.clone());
         part.context = slot.context.clone();
         part.dead = slot.dead.clone();
-        part.removals = slot
-            .log
-            .iter()
-            .map(|(&event, &dot)| Removal { event, dot })
-            .collect();
+        part.removals = slot.log.iter().copied().collect();
         part.history_floor = slot.history_floor;
         self.delta_of(r, part, |_| true)
     }
@@ -88,12 +84,7 @@ impl<M: Meta> State<M> {
             })
             .collect();
         // A part that speaks for no counter says nothing.
-        let parts = if part.is_empty() {
-            Vec::new()
-        } else {
-            vec![part]
-        };
-        Delta { topics, parts }
+        Delta::of_part(topics, part)
     }
 
     pub(crate) fn log_removal(&mut self, r: u32, removal: Removal) {

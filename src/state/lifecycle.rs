@@ -279,13 +279,8 @@ impl<M: Meta> State<M> {
         );
         self.newest.insert(new_id.name().clone(), incarnation);
         self.superseded_by = None;
-        let parts = if part.context.is_empty() {
-            Vec::new()
-        } else {
-            vec![part]
-        };
         Ok(Reincarnation {
-            delta: Delta { topics, parts },
+            delta: Delta::of_part(topics, part),
             renamed,
         })
     }

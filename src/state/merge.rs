@@ -5,6 +5,7 @@
 //! anything applied. A refused delta leaves the state exactly as it was.
 
 use hashbrown::HashSet;
+use smallvec::SmallVec;
 
 use super::diff::DiffBuilder;
 use super::lifecycle::PurgeReason;
@@ -17,7 +18,7 @@ use super::{
 
 /// What merging a delta will do.
 pub(crate) struct MergePlan {
-    parts: Vec<Plan>,
+    parts: SmallVec<[Plan; 1]>,
     /// The newest incarnation of this replica's own name in the delta, if
     /// newer than this one.
     newer_self: Option<Incarnation>,
@@ -30,12 +31,12 @@ struct Plan {
     /// The local slot of the replica, `None` for a replica new here.
     replica: Option<u32>,
     /// Older incarnations of the same name to purge first.
-    superseded: Vec<u32>,
+    superseded: SmallVec<[u32; 1]>,
     /// Local entries the part removes (those it replaces are not here).
-    removals: Vec<Slot>,
+    removals: SmallVec<[Slot; 2]>,
     /// Entries of the part to add, by index, with the local version of the
     /// same presence they replace.
-    additions: Vec<(usize, Option<Slot>)>,
+    additions: SmallVec<[(usize, Option<Slot>); 2]>,
 }
 
 impl<M: Meta> State<M> {
@@ -67,7 +68,7 @@ impl<M: Meta> State<M> {
         for topic in &delta.topics {
             self.check_topic(topic.as_str())?;
         }
-        let mut plans = Vec::new();
+        let mut plans = SmallVec::new();
         let mut newer_self = None;
         let mut new_replicas = 0usize;
         for (index, part) in delta.parts.iter().enumerate() {
@@ -100,13 +101,18 @@ impl<M: Meta> State<M> {
             } else {
                 new_replicas += 1;
             }
-            let superseded = self
-                .replica_ids
-                .range(..id.clone())
-                .rev()
-                .take_while(|(held, _)| held.name() == id.name())
-                .map(|(_, &r)| r)
-                .collect();
+            // Older incarnations held here are purged by this one. None is
+            // held when this is already the newest incarnation seen.
+            let superseded = if self.newest.get(id.name()) == Some(&id.incarnation()) {
+                SmallVec::new()
+            } else {
+                self.replica_ids
+                    .range(..id.clone())
+                    .rev()
+                    .take_while(|(held, _)| held.name() == id.name())
+                    .map(|(_, &r)| r)
+                    .collect()
+            };
             let plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
             plans.push(plan);
         }
@@ -129,14 +135,14 @@ impl<M: Meta> State<M> {
         part: &Part<M>,
         topics: &[Topic],
         replica: Option<u32>,
-        superseded: Vec<u32>,
+        superseded: SmallVec<[u32; 1]>,
     ) -> Result<Plan, StateError> {
         let mut plan = Plan {
             part: index,
             replica,
             superseded,
-            removals: Vec::new(),
-            additions: Vec::new(),
+            removals: SmallVec::new(),
+            additions: SmallVec::new(),
         };
         let Some(r) = replica else {
             plan.additions = (0..part.entries.len()).map(|i| (i, None)).collect();
@@ -144,31 +150,11 @@ impl<M: Meta> State<M> {
             return Ok(plan);
         };
         let held = self.store.replica_len(r);
-        // Local entries whose fate the part knows but that it does not hold
-        // are gone. Enumerate the part's counters or the local entries,
-        // whichever is fewer.
-        let mut removals = Vec::new();
-        if part.context.len().saturating_add(part.dead.len()) <= held as u64 {
-            for dot in part.context.iter().chain(part.dead.iter()) {
-                if let Some(slot) = self.store.find_dot(r, dot)
-                    && !part.has_entry(dot)
-                {
-                    removals.push((dot, slot));
-                }
-            }
-            removals.sort_unstable();
-        } else {
-            removals = self
-                .store
-                .replica_slots(r)
-                .map(|s| (self.store.entry(s).dot, s))
-                .filter(|&(dot, _)| part.covers(dot) && !part.has_entry(dot))
-                .collect();
-            removals.sort_unstable();
-        }
+        let mut removals = self.covered_entries(r, part, held);
         // Entries new here. One that comes with the removal of another
-        // version of the same presence is an update of it.
-        let mut gone: HashSet<Slot> = removals.iter().map(|&(_, s)| s).collect();
+        // version of the same presence is an update of it: pair them, and
+        // take the paired slot out of `removals`.
+        let mut gone = Gone::new(&removals);
         let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
             if slot.covers(e.dot) {
@@ -181,22 +167,57 @@ impl<M: Meta> State<M> {
                 topic.and_then(|t| {
                     self.store.key_chain(t, e.payload.key.as_str()).find(|s| {
                         let local = self.store.entry(*s);
-                        local.replica == r && local.pid == e.pid && gone.contains(s)
+                        local.replica == r && local.pid == e.pid && gone.contains(*s)
                     })
                 })
             };
             if let Some(s) = replaces {
-                gone.remove(&s);
+                gone.take(s);
             }
             plan.additions.push((i, replaces));
         }
-        plan.removals = removals
-            .into_iter()
-            .filter(|(_, s)| gone.contains(s))
-            .map(|(_, s)| s)
-            .collect();
+        removals.retain(|s| gone.contains(*s));
+        plan.removals = removals;
         self.check_part(part, &plan, held)?;
         Ok(plan)
+    }
+
+    /// Local entries of replica `r` (holding `held`) whose fate `part` knows
+    /// but that it does not hold, sorted by dot. Enumerates the part's
+    /// counters or the local entries, whichever is fewer.
+    fn covered_entries(&self, r: u32, part: &Part<M>, held: usize) -> SmallVec<[Slot; 2]> {
+        let counters = part.context.len().saturating_add(part.dead.len());
+        let mut found: SmallVec<[(u64, Slot); 2]> = SmallVec::new();
+        if counters <= held as u64 {
+            for dot in part.context.iter().chain(part.dead.iter()) {
+                if let Some(slot) = self.store.find_dot(r, dot)
+                    && !part.has_entry(dot)
+                {
+                    found.push((dot, slot));
+                }
+            }
+        } else {
+            // A whole sub-state: look up each of its entries once, then keep
+            // the local entries it covers and did not mention.
+            let mut mentioned = hashbrown::HashSet::with_capacity(part.entries.len());
+            for e in &part.entries {
+                if let Some(slot) = self.store.find_dot(r, e.dot) {
+                    mentioned.insert(slot);
+                }
+            }
+            if mentioned.len() == held {
+                return SmallVec::new();
+            }
+            found = self
+                .store
+                .replica_slots(r)
+                .filter(|s| !mentioned.contains(s))
+                .map(|s| (self.store.entry(s).dot, s))
+                .filter(|&(dot, _)| part.covers(dot))
+                .collect();
+        }
+        found.sort_unstable();
+        found.into_iter().map(|(_, slot)| slot).collect()
     }
 
     /// Checks what a part would add against the limits.
@@ -224,16 +245,19 @@ impl<M: Meta> State<M> {
         self.superseded_by = self.superseded_by.max(plan.newer_self);
         let mut diff = DiffBuilder::new();
         let Delta { topics, parts } = delta;
-        let mut parts: Vec<Option<Part<M>>> = parts.into_iter().map(Some).collect();
-        for plan in plan.parts {
-            let Some(part) = parts[plan.part].take() else {
+        // Plans follow the order of the parts they plan.
+        let mut plans = plan.parts.into_iter().peekable();
+        for (index, part) in parts.into_iter().enumerate() {
+            let Some(plan) = plans.next_if(|p| p.part == index) else {
                 continue;
             };
             for &old in &plan.superseded {
                 self.purge_slot(old, PurgeReason::Superseded, &mut diff);
             }
-            self.newest
-                .insert(part.replica.name().clone(), part.replica.incarnation());
+            if self.newest.get(part.replica.name()) != Some(&part.replica.incarnation()) {
+                self.newest
+                    .insert(part.replica.name().clone(), part.replica.incarnation());
+            }
             let r = match plan.replica {
                 Some(r) => r,
                 None => self.add_replica(part.replica.clone()),
@@ -271,11 +295,13 @@ impl<M: Meta> State<M> {
         } = part;
         diff.count_undecodable(undecodable);
         let fresh = plan.additions.iter().filter(|a| a.1.is_none()).count();
-        self.store.reserve(r, fresh);
+        if fresh > 64 {
+            self.store.reserve(r, fresh);
+        }
         let mut additions = plan.additions.into_iter().peekable();
         // The delta's topics, interned here as they are first needed. No
         // topic is released while entries are added, so the map holds.
-        let mut local_topics: Vec<Option<u32>> = vec![None; topics.len()];
+        let mut local_topics: SmallVec<[Option<u32>; 4]> = SmallVec::from_elem(None, topics.len());
         for (i, e) in entries.into_iter().enumerate() {
             let Some(&(_, replaces)) = additions.peek().filter(|a| a.0 == i) else {
                 continue;
@@ -345,5 +371,45 @@ impl<M: Meta> State<M> {
                 .newest
                 .get(id.name())
                 .is_some_and(|&n| n > id.incarnation())
+    }
+}
+
+/// The removals of a plan not yet paired with an addition: scanned when
+/// few, hashed when many.
+enum Gone {
+    Few(SmallVec<[Slot; 2]>),
+    Many(HashSet<Slot>),
+}
+
+impl Gone {
+    fn new(removals: &[Slot]) -> Self {
+        if removals.len() <= 16 {
+            Gone::Few(removals.into())
+        } else {
+            Gone::Many(removals.iter().copied().collect())
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Gone::Few(slots) => slots.is_empty(),
+            Gone::Many(slots) => slots.is_empty(),
+        }
+    }
+
+    fn contains(&self, slot: Slot) -> bool {
+        match self {
+            Gone::Few(slots) => slots.contains(&slot),
+            Gone::Many(slots) => slots.contains(&slot),
+        }
+    }
+
+    fn take(&mut self, slot: Slot) {
+        match self {
+            Gone::Few(slots) => slots.retain(|s| *s != slot),
+            Gone::Many(slots) => {
+                slots.remove(&slot);
+            }
+        }
     }
 }

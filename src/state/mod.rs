@@ -301,10 +301,7 @@ impl<M: Meta> State<M> {
         });
         let mut diff = DiffBuilder::new();
         diff.join(&topic, Presence::new(id.clone(), counter, payload));
-        let delta = Delta {
-            topics: vec![topic],
-            parts: vec![part],
-        };
+        let delta = Delta::of_part([topic], part);
         Ok((
             id,
             Change {
@@ -345,10 +342,7 @@ impl<M: Meta> State<M> {
         let update = Update::new(id.clone(), (old_dot, old_payload), (counter, payload));
         diff.update(&topic, update);
         Ok(Change {
-            delta: Delta {
-                topics: vec![topic],
-                parts: vec![part],
-            },
+            delta: Delta::of_part([topic], part),
             diff: diff.finish(),
         })
     }
@@ -409,13 +403,8 @@ impl<M: Meta> State<M> {
             let id = PresenceId::new(self.replica().clone(), old.pid);
             diff.leave(&topic, Presence::new(id, old.dot, old.payload));
         }
-        let parts = if part.context.is_empty() {
-            Vec::new()
-        } else {
-            vec![part]
-        };
         Change {
-            delta: Delta { topics, parts },
+            delta: Delta::of_part(topics, part),
             diff: diff.finish(),
         }
     }

@@ -1,6 +1,6 @@
 //! What a state keeps about each replica besides its entries.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use super::delta::joined_floor;
 use super::{CounterSet, Removal, ReplicaId};
@@ -15,8 +15,10 @@ pub(crate) struct ReplicaSlot {
     /// Hidden replicas are considered down: their entries are kept (and kept
     /// up to date) but not listed.
     pub(crate) hidden: bool,
-    /// Recent removals, event counter to removed dot, to serve catch-ups.
-    pub(crate) log: BTreeMap<u64, u64>,
+    /// Recent removals, sorted by event, one per event, to serve
+    /// catch-ups. Removals arrive in event order when deltas do, so keeping
+    /// the order is an append.
+    pub(crate) log: VecDeque<Removal>,
     /// `log` holds every removal event of `context` above this counter.
     pub(crate) history_floor: u64,
 }
@@ -28,21 +30,19 @@ impl ReplicaSlot {
             context: CounterSet::new(),
             dead: CounterSet::new(),
             hidden: false,
-            log: BTreeMap::new(),
+            log: VecDeque::new(),
             history_floor: 0,
         }
     }
 
     /// Records one removal, forgetting the oldest beyond `capacity`.
     pub(crate) fn record(&mut self, removal: Removal, capacity: usize) {
-        if removal.event > self.history_floor {
-            self.log.insert(removal.event, removal.dot);
-        }
+        self.insert(removal);
         self.truncate(capacity);
     }
 
-    /// Takes in the removals and context of a part; call before the part's
-    /// context joins `self.context`.
+    /// Takes in the context, dead dots and removals of a part; call before
+    /// the part's context joins `self.context`.
     pub(crate) fn absorb(
         &mut self,
         context: &CounterSet,
@@ -51,30 +51,52 @@ impl ReplicaSlot {
         history_floor: u64,
         capacity: usize,
     ) {
-        self.history_floor =
-            joined_floor(&self.context, self.history_floor, context, history_floor);
-        for removal in removals {
-            if removal.event > self.history_floor {
-                self.log.insert(removal.event, removal.dot);
-            }
+        let floor = joined_floor(&self.context, self.history_floor, context, history_floor);
+        if floor > self.history_floor {
+            self.history_floor = floor;
+            let below = self.log.partition_point(|r| r.event <= floor);
+            self.log.drain(..below);
         }
-        self.log = self.log.split_off(&self.history_floor.saturating_add(1));
+        for &removal in removals {
+            self.insert(removal);
+        }
         self.truncate(capacity);
         self.context.union(context);
         self.dead.union(dead);
         self.dead.subtract(&self.context);
     }
 
-    /// Whether the fate of this dot is known here.
-    pub(crate) fn covers(&self, dot: u64) -> bool {
-        self.context.contains(dot) || self.dead.contains(dot)
+    /// Removals of events above `since`, oldest first.
+    pub(crate) fn removals_since(&self, since: u64) -> impl Iterator<Item = Removal> + '_ {
+        let start = self.log.partition_point(|r| r.event <= since);
+        self.log.range(start..).copied()
+    }
+
+    fn insert(&mut self, removal: Removal) {
+        if removal.event <= self.history_floor {
+            return;
+        }
+        match self.log.back() {
+            Some(last) if last.event >= removal.event => {
+                let at = self.log.partition_point(|r| r.event < removal.event);
+                if self.log.get(at).map(|r| r.event) != Some(removal.event) {
+                    self.log.insert(at, removal);
+                }
+            }
+            _ => self.log.push_back(removal),
+        }
     }
 
     fn truncate(&mut self, capacity: usize) {
         while self.log.len() > capacity {
-            if let Some((event, _)) = self.log.pop_first() {
-                self.history_floor = self.history_floor.max(event);
+            if let Some(oldest) = self.log.pop_front() {
+                self.history_floor = self.history_floor.max(oldest.event);
             }
         }
+    }
+
+    /// Whether the fate of this dot is known here.
+    pub(crate) fn covers(&self, dot: u64) -> bool {
+        self.context.contains(dot) || self.dead.contains(dot)
     }
 }

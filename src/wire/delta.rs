@@ -23,6 +23,7 @@
 //! `[replica, base, [topic, key, meta, 0, 0]]`.
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use super::WireError;
 use super::msgpack::{Reader, write_array, write_str, write_uint};
@@ -169,10 +170,8 @@ fn add(a: u64, b: u64) -> Result<u64, WireError> {
 
 pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireError> {
     let count = reader.array(4)?;
-    let mut delta = Delta {
-        topics: Vec::new(),
-        parts: Vec::with_capacity(count),
-    };
+    let mut delta = Delta::default();
+    delta.parts.reserve(count);
     for _ in 0..count {
         let part = read_part(reader, &mut delta.topics)?;
         if let Some(last) = delta.parts.last()
@@ -187,7 +186,7 @@ pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireErr
 
 fn read_part<M: Meta>(
     reader: &mut Reader<'_>,
-    topics: &mut Vec<Topic>,
+    topics: &mut SmallVec<[Topic; 1]>,
 ) -> Result<Part<M>, WireError> {
     let fields = reader.array(1)?;
     if !(3..=7).contains(&fields) {
