@@ -181,7 +181,34 @@ fn main() {
 }
 
 // --- wire sizes -------------------------------------------------------------
-//
-// To be added here: the lines `wire delta_one_join ...` and
-// `wire state_100000 ...`. Nothing is encoded yet.
-fn wire_sizes() {}
+
+/// Bytes on the wire: a lone join, and a whole state of 100,000 presences,
+/// each against its payload, `rmp_serde::to_vec(&(topic, key, meta))`.
+fn wire_sizes() {
+    const STATE: usize = 100_000;
+    let mut remote = common::Remote::new(STATE);
+    let bytes = attendance::wire::encode(&remote.state.snapshot())
+        .unwrap()
+        .len();
+    let payload: usize = (0..STATE as u64).map(|i| payload_len(i)).sum();
+    println!(
+        "wire state_{STATE} bytes_per_presence={:.2} payload_per_presence={:.2}",
+        bytes as f64 / STATE as f64,
+        payload as f64 / STATE as f64
+    );
+
+    let i = remote.next;
+    let join = remote.join();
+    let bytes = attendance::wire::encode(&join).unwrap().len();
+    let replica_id = rmp_serde::to_vec(&common::remote_id()).unwrap().len();
+    println!(
+        "wire delta_one_join bytes={bytes} payload={} replica_id={replica_id}",
+        payload_len(i)
+    );
+}
+
+fn payload_len(i: u64) -> usize {
+    rmp_serde::to_vec(&(common::topic(i), common::key(i), common::meta(i)))
+        .unwrap()
+        .len()
+}
