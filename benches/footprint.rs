@@ -190,7 +190,7 @@ fn wire_sizes() {
     let bytes = attendance::wire::encode(&remote.state.snapshot())
         .unwrap()
         .len();
-    let payload: usize = (0..STATE as u64).map(|i| payload_len(i)).sum();
+    let payload: usize = (0..STATE as u64).map(payload_len).sum();
     println!(
         "wire state_{STATE} bytes_per_presence={:.2} payload_per_presence={:.2}",
         bytes as f64 / STATE as f64,
