@@ -4,6 +4,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StateError;
@@ -280,8 +281,9 @@ text_newtype! {
 text_newtype! {
     /// Who is present on a topic: a user id, a device id.
     ///
-    /// One key may hold several presences (two tabs of one user).
-    Key(Box<str>)
+    /// One key may hold several presences (two tabs of one user). Keys of up
+    /// to 24 bytes are stored inline, without an allocation of their own.
+    Key(CompactString)
 }
 
 impl Topic {
