@@ -24,7 +24,7 @@ pub struct Limits {
 
 impl Default for Limits {
     /// Topics and keys up to 256 bytes, metas up to 4 KiB encoded, 1,000,000
-    /// presences per replica, 4,096 replicas, and the last 16,384 removals of
+    /// presences per replica, 4,096 replicas, and the last 4,096 removals of
     /// each replica kept for catch-ups.
     fn default() -> Self {
         Self {
@@ -33,7 +33,7 @@ impl Default for Limits {
             max_meta_bytes: 4096,
             max_presences_per_replica: 1_000_000,
             max_replicas: 4096,
-            removal_log_len: 16_384,
+            removal_log_len: 4096,
         }
     }
 }
