@@ -133,8 +133,7 @@ impl<M: Meta> State<M> {
         self.purged
             .insert(id.clone(), PurgeRecord { counter, reason });
         self.store.close_replica(r);
-        self.replicas[r as usize] = None;
-        self.free_replicas.push(r);
+        self.replicas.remove(r);
         self.replica_ids.remove(&id);
     }
 
@@ -267,8 +266,7 @@ impl<M: Meta> State<M> {
         part.context = CounterSet::prefix(renamed.len() as u64);
         self.slot_mut(new).context = part.context.clone();
         self.store.close_replica(old);
-        self.replicas[old as usize] = None;
-        self.free_replicas.push(old);
+        self.replicas.remove(old);
         self.replica_ids.remove(&old_id);
         self.purged.insert(
             old_id.clone(),

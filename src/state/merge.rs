@@ -348,16 +348,7 @@ impl<M: Meta> State<M> {
     /// Opens a slot for a replica new here.
     pub(crate) fn add_replica(&mut self, id: ReplicaId) -> u32 {
         let slot = ReplicaSlot::new(id.clone());
-        let index = match self.free_replicas.pop() {
-            Some(index) => {
-                self.replicas[index as usize] = Some(slot);
-                index
-            }
-            None => {
-                self.replicas.push(Some(slot));
-                (self.replicas.len() - 1) as u32
-            }
-        };
+        let index = self.replicas.insert(slot);
         self.store.open_replica(index);
         self.replica_ids.insert(id, index);
         index

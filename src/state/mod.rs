@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod merge;
 mod replica;
+mod slab;
 pub(crate) mod store;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ pub(crate) use delta::{Part, PartEntry, Removal};
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
+use slab::Slab;
 use store::{Payload, Place, Store};
 
 /// What a presence's metadata must be: cloneable, comparable, and encodable
@@ -64,8 +66,7 @@ impl<T: Clone + Eq + Serialize + DeserializeOwned> Meta for T {}
 pub struct State<M> {
     /// The index of this replica's own slot in `replicas`.
     me: u32,
-    replicas: Vec<Option<ReplicaSlot>>,
-    free_replicas: Vec<u32>,
+    replicas: Slab<ReplicaSlot>,
     replica_ids: BTreeMap<ReplicaId, u32>,
     store: Store<M>,
     limits: Limits,
@@ -179,18 +180,19 @@ impl<M> StateBuilder<M> {
 
     /// The state, holding nothing yet.
     pub fn build(self) -> State<M> {
-        let mut replica_ids = BTreeMap::new();
-        replica_ids.insert(self.replica.clone(), 0);
         let mut newest = BTreeMap::new();
         newest.insert(self.replica.name().clone(), self.replica.incarnation());
-        let mut own = ReplicaSlot::new(self.replica);
+        let mut own = ReplicaSlot::new(self.replica.clone());
         own.context = CounterSet::prefix(self.first_counter - 1);
+        let mut replicas = Slab::default();
+        let me = replicas.insert(own);
+        let mut replica_ids = BTreeMap::new();
+        replica_ids.insert(self.replica, me);
         let mut store = Store::default();
-        store.open_replica(0);
+        store.open_replica(me);
         State {
-            me: 0,
-            replicas: vec![Some(own)],
-            free_replicas: Vec::new(),
+            me,
+            replicas,
             replica_ids,
             store,
             limits: self.limits,
@@ -474,7 +476,8 @@ impl<M: Meta> State<M> {
 
     /// How many presences are visible in all. O(replicas).
     pub fn len(&self) -> usize {
-        self.replica_slots()
+        self.replicas
+            .iter()
             .filter(|(_, r)| !r.hidden)
             .map(|(i, _)| self.store.replica_len(i))
             .sum()
@@ -516,22 +519,11 @@ impl<M: Meta> State<M> {
     }
 
     pub(crate) fn slot(&self, index: u32) -> &ReplicaSlot {
-        self.replicas[index as usize]
-            .as_ref()
-            .expect("replica indexes point at live slots")
+        self.replicas.get(index)
     }
 
     pub(crate) fn slot_mut(&mut self, index: u32) -> &mut ReplicaSlot {
-        self.replicas[index as usize]
-            .as_mut()
-            .expect("replica indexes point at live slots")
-    }
-
-    fn replica_slots(&self) -> impl Iterator<Item = (u32, &ReplicaSlot)> {
-        self.replicas
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+        self.replicas.get_mut(index)
     }
 
     fn next_counter(&mut self) -> u64 {

@@ -5,13 +5,15 @@
 //! `(topic, key)` the head of a chain of the key's presences (so updates and
 //! `get` are O(presences of the key)), and per topic the list of its members
 //! (so `list` and `count` touch one topic only). The indexes hold 4-byte slot
-//! numbers rather than keys or entries, which keeps a presence near 100 bytes.
+//! numbers rather than keys or entries, and an entry holds one pointer to its
+//! key and meta, which keeps a presence near 140 bytes.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
+use super::slab::Slab;
 use super::{Key, Topic};
 
 /// A slot number in the slab; `NONE` ends a key chain.
@@ -64,12 +66,10 @@ struct TopicSlot {
 
 #[derive(Clone, Debug)]
 pub(crate) struct Store<M> {
-    slots: Vec<Option<Entry<M>>>,
-    free: Vec<Slot>,
+    slots: Slab<Entry<M>>,
     by_key: HashTable<Slot>,
     by_dot: Vec<HashTable<Slot>>,
-    topics: Vec<Option<TopicSlot>>,
-    free_topics: Vec<u32>,
+    topics: Slab<TopicSlot>,
     topic_ids: HashMap<Topic, u32>,
     hasher: DefaultHashBuilder,
 }
@@ -77,12 +77,10 @@ pub(crate) struct Store<M> {
 impl<M> Default for Store<M> {
     fn default() -> Self {
         Self {
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::default(),
             by_key: HashTable::new(),
             by_dot: Vec::new(),
-            topics: Vec::new(),
-            free_topics: Vec::new(),
+            topics: Slab::default(),
             topic_ids: HashMap::default(),
             hasher: DefaultHashBuilder::default(),
         }
@@ -97,16 +95,12 @@ fn dot_hash(hasher: &DefaultHashBuilder, dot: u64) -> u64 {
     hasher.hash_one(dot)
 }
 
-fn live<M>(slots: &[Option<Entry<M>>], slot: Slot) -> &Entry<M> {
-    slots[slot as usize]
-        .as_ref()
-        .expect("indexes point at live slots")
+fn live<M>(slots: &Slab<Entry<M>>, slot: Slot) -> &Entry<M> {
+    slots.get(slot)
 }
 
-fn live_mut<M>(slots: &mut [Option<Entry<M>>], slot: Slot) -> &mut Entry<M> {
-    slots[slot as usize]
-        .as_mut()
-        .expect("indexes point at live slots")
+fn live_mut<M>(slots: &mut Slab<Entry<M>>, slot: Slot) -> &mut Entry<M> {
+    slots.get_mut(slot)
 }
 
 impl<M> Store<M> {
@@ -124,15 +118,11 @@ impl<M> Store<M> {
     }
 
     fn topic(&self, topic: u32) -> &TopicSlot {
-        self.topics[topic as usize]
-            .as_ref()
-            .expect("entries point at live topics")
+        self.topics.get(topic)
     }
 
     fn topic_mut(&mut self, topic: u32) -> &mut TopicSlot {
-        self.topics[topic as usize]
-            .as_mut()
-            .expect("entries point at live topics")
+        self.topics.get_mut(topic)
     }
 
     /// The index of `topic`, creating it if needed. A topic with no member
@@ -146,16 +136,7 @@ impl<M> Store<M> {
             members: Vec::new(),
             visible: 0,
         };
-        let index = match self.free_topics.pop() {
-            Some(index) => {
-                self.topics[index as usize] = Some(slot);
-                index
-            }
-            None => {
-                self.topics.push(Some(slot));
-                (self.topics.len() - 1) as u32
-            }
-        };
+        let index = self.topics.insert(slot);
         self.topic_ids.insert(topic.clone(), index);
         index
     }
@@ -164,7 +145,7 @@ impl<M> Store<M> {
     pub(crate) fn visible_topics(&self) -> impl Iterator<Item = (&Topic, usize)> {
         self.topics
             .iter()
-            .flatten()
+            .map(|(_, t)| t)
             .filter(|t| t.visible > 0)
             .map(|t| (&t.name, t.visible))
     }
@@ -214,10 +195,7 @@ impl<M> Store<M> {
             let e = live(slots, s);
             key_hash(hasher, e.topic, e.payload.key.as_str())
         });
-        let spare = self.free.len() + (self.slots.capacity() - self.slots.len());
-        if additional > spare {
-            self.slots.reserve_exact(additional - spare);
-        }
+        self.slots.reserve(additional);
     }
 
     pub(crate) fn replica_len(&self, replica: u32) -> usize {
@@ -271,21 +249,7 @@ impl<M> Store<M> {
             next_in_key: NONE,
             topic_pos,
         };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(entry);
-                slot
-            }
-            None => {
-                // Grow by a quarter rather than double: the slab is most of
-                // the memory, and a doubled Vec idles up to half of it.
-                if self.slots.len() == self.slots.capacity() {
-                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
-                }
-                self.slots.push(Some(entry));
-                (self.slots.len() - 1) as Slot
-            }
-        };
+        let slot = self.slots.insert(entry);
         let hasher = &self.hasher;
         let slots = &mut self.slots;
         self.by_dot[replica as usize].insert_unique(dot_hash(hasher, dot), slot, |&s| {
@@ -400,20 +364,13 @@ impl<M> Store<M> {
             live_mut(&mut self.slots, moved).topic_pos = topic_pos;
         }
         let name = if emptied {
-            let name = self.topics[topic as usize]
-                .take()
-                .expect("entries point at live topics")
-                .name;
+            let name = self.topics.remove(topic).name;
             self.topic_ids.remove(name.as_str());
-            self.free_topics.push(topic);
             name
         } else {
             self.topic_name(topic).clone()
         };
-        self.free.push(slot);
-        let entry = self.slots[slot as usize]
-            .take()
-            .expect("indexes point at live slots");
+        let entry = self.slots.remove(slot);
         (entry, name)
     }
 }
