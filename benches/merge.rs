@@ -255,15 +255,20 @@ fn full_merges(c: &mut Criterion) {
         assert_eq!(check.read().val.len(), FULL);
     }
 
-    {
-        let mut group = c.benchmark_group("full_merge_into_empty");
+    let cases = [
+        ("full_merge_into_empty", &empty, &or_empty, true),
+        ("full_merge_identical", &current, &or_current, false),
+        ("full_merge_diff100", &stale, &or_stale, true),
+    ];
+    for (name, local, or_local, changes) in cases {
+        let mut group = c.benchmark_group(name);
         slow(&mut group);
         group.bench_function(BenchmarkId::new("attendance", FULL), |b| {
             b.iter_batched(
-                || (empty.clone(), after.clone()),
+                || (local.clone(), after.clone()),
                 |(mut local, snapshot)| {
                     let diff = local.merge(snapshot).unwrap();
-                    assert!(!diff.is_empty());
+                    assert_eq!(diff.is_empty(), !changes);
                     (local, diff)
                 },
                 BatchSize::LargeInput,
@@ -271,61 +276,7 @@ fn full_merges(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("crdts_orswot", FULL), |b| {
             b.iter_batched(
-                || (or_empty.clone(), or_after.clone()),
-                |(mut local, remote)| {
-                    local.merge(remote);
-                    local
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.finish();
-    }
-
-    {
-        let mut group = c.benchmark_group("full_merge_identical");
-        slow(&mut group);
-        group.bench_function(BenchmarkId::new("attendance", FULL), |b| {
-            b.iter_batched(
-                || (current.clone(), after.clone()),
-                |(mut local, snapshot)| {
-                    let diff = local.merge(snapshot).unwrap();
-                    assert!(diff.is_empty());
-                    (local, diff)
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.bench_function(BenchmarkId::new("crdts_orswot", FULL), |b| {
-            b.iter_batched(
-                || (or_current.clone(), or_after.clone()),
-                |(mut local, remote)| {
-                    local.merge(remote);
-                    local
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.finish();
-    }
-
-    {
-        let mut group = c.benchmark_group("full_merge_diff100");
-        slow(&mut group);
-        group.bench_function(BenchmarkId::new("attendance", FULL), |b| {
-            b.iter_batched(
-                || (stale.clone(), after.clone()),
-                |(mut local, snapshot)| {
-                    let diff = local.merge(snapshot).unwrap();
-                    assert!(!diff.is_empty());
-                    (local, diff)
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.bench_function(BenchmarkId::new("crdts_orswot", FULL), |b| {
-            b.iter_batched(
-                || (or_stale.clone(), or_after.clone()),
+                || (or_local.clone(), or_after.clone()),
                 |(mut local, remote)| {
                     local.merge(remote);
                     local
