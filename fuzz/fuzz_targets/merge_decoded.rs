@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use attendance::{Diff, Incarnation, ReplicaId, ReplicaName, State, wire};
+use attendance::{Diff, Incarnation, Key, PresenceId, ReplicaId, ReplicaName, State, Topic, wire};
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 
@@ -41,44 +41,30 @@ fn rows(state: &State<Meta>) -> BTreeSet<Row> {
     rows
 }
 
+fn row(topic: &Topic, key: &Key, id: &PresenceId, version: u64, meta: &Meta) -> Row {
+    (
+        topic.to_string(),
+        key.to_string(),
+        id.to_string(),
+        version,
+        meta.clone(),
+    )
+}
+
 fn replay(model: &mut BTreeSet<Row>, diff: &Diff<Meta>) {
     for (topic, d) in diff.iter() {
         for p in d.leaves() {
-            let row = (
-                topic.to_string(),
-                p.key().to_string(),
-                p.id().to_string(),
-                p.version(),
-                p.meta().clone(),
-            );
-            assert!(model.remove(&row), "leave of a presence not listed");
+            let gone = row(topic, p.key(), p.id(), p.version(), p.meta());
+            assert!(model.remove(&gone), "leave of a presence not listed");
         }
         for u in d.updates() {
-            let old = (
-                topic.to_string(),
-                u.key().to_string(),
-                u.id().to_string(),
-                u.old_version(),
-                u.old_meta().clone(),
-            );
+            let old = row(topic, u.key(), u.id(), u.old_version(), u.old_meta());
             assert!(model.remove(&old), "update of a presence not listed");
-            model.insert((
-                topic.to_string(),
-                u.key().to_string(),
-                u.id().to_string(),
-                u.version(),
-                u.meta().clone(),
-            ));
+            model.insert(row(topic, u.key(), u.id(), u.version(), u.meta()));
         }
         for p in d.joins() {
-            let row = (
-                topic.to_string(),
-                p.key().to_string(),
-                p.id().to_string(),
-                p.version(),
-                p.meta().clone(),
-            );
-            assert!(model.insert(row), "join of a presence already listed");
+            let new = row(topic, p.key(), p.id(), p.version(), p.meta());
+            assert!(model.insert(new), "join of a presence already listed");
         }
     }
 }
