@@ -1,9 +1,11 @@
 //! The wire format: round trips, canonical bytes, golden fixtures, and
 //! refusal of bad input.
 //!
-//! Property failures print the failing case; `PROPTEST_RNG_SEED=<seed>`
-//! replays a run. `ATTENDANCE_BLESS=1 cargo test --test wire` rewrites the
+//! Each property prints its RNG seed first; `PROPTEST_RNG_SEED=<seed>`
+//! replays a run, and cargo shows the seed next to a failing case. `ATTENDANCE_BLESS=1 cargo test --test wire` rewrites the
 //! golden fixtures after a deliberate format change.
+
+mod common;
 
 use std::collections::BTreeMap;
 
@@ -246,7 +248,7 @@ fn history(name: &str, ops: &[Op]) -> (State<Meta>, Vec<Delta<Meta>>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(common::config())]
 
     #[test]
     fn wire_round_trip_is_identity(
