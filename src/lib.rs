@@ -47,13 +47,14 @@
 //! }
 //! ```
 
-pub mod state;
+mod state;
 pub mod wire;
 
 pub use state::{
-    Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyPresences, Limits, Meta, Presence,
-    PresenceId, PresenceRef, PurgeReason, PurgeRecord, Reincarnation, ReplicaId, ReplicaInfo,
-    ReplicaName, State, StateBuilder, StateError, Topic, TopicDiff, Update,
+    Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyPresences, Limits,
+    MAX_REPLICA_NAME_LEN, Meta, Presence, PresenceId, PresenceRef, PurgeReason, PurgeRecord,
+    Reincarnation, ReplicaId, ReplicaInfo, ReplicaName, State, StateBuilder, StateError, Topic,
+    TopicDiff, Update,
 };
 
 // The README's examples compile and run as doc tests.
