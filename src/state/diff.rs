@@ -239,7 +239,8 @@ impl<M> DiffBuilder<M> {
         }
     }
 
-    fn topic(&mut self, topic: &Topic) -> &mut TopicDiff<M> {
+    /// The place of `topic` in the diff, for [`DiffBuilder::join_at`].
+    pub(crate) fn place(&mut self, topic: &Topic) -> usize {
         let identity = topic.identity();
         let found = match &self.index {
             Some(index) => index.get(&identity).copied(),
@@ -268,7 +269,17 @@ impl<M> DiffBuilder<M> {
                 i
             }
         };
+        i
+    }
+
+    fn topic(&mut self, topic: &Topic) -> &mut TopicDiff<M> {
+        let i = self.place(topic);
         &mut self.topics[i].1
+    }
+
+    /// Adds a join to the topic at `place`, from [`DiffBuilder::place`].
+    pub(crate) fn join_at(&mut self, place: usize, presence: Presence<M>) {
+        self.topics[place].1.joins.push(presence);
     }
 
     pub(crate) fn join(&mut self, topic: &Topic, presence: Presence<M>) {
@@ -289,6 +300,7 @@ impl<M> DiffBuilder<M> {
 
     pub(crate) fn finish(self) -> Diff<M> {
         let mut topics = self.topics;
+        topics.retain(|(_, diff)| !diff.is_empty());
         topics.sort_by(|a, b| a.0.cmp(&b.0));
         if topics.windows(2).any(|w| w[0].0 == w[1].0) {
             let mut joined: SmallVec<[(Topic, TopicDiff<M>); 1]> = SmallVec::new();

@@ -34,9 +34,8 @@ struct Plan {
     superseded: SmallVec<[u32; 1]>,
     /// Local entries the part removes (those it replaces are not here).
     removals: SmallVec<[Slot; 2]>,
-    /// Entries of the part to add, by index, with the local version of the
-    /// same presence they replace.
-    additions: SmallVec<[(usize, Option<Slot>); 2]>,
+    /// Entries of the part to add.
+    additions: Additions,
 }
 
 impl<M: Meta> State<M> {
@@ -142,10 +141,10 @@ impl<M: Meta> State<M> {
             replica,
             superseded,
             removals: SmallVec::new(),
-            additions: SmallVec::new(),
+            additions: Additions::Listed(SmallVec::new()),
         };
         let Some(r) = replica else {
-            plan.additions = (0..part.entries.len()).map(|i| (i, None)).collect();
+            plan.additions = Additions::Every;
             self.check_part(part, &plan, 0)?;
             return Ok(plan);
         };
@@ -155,6 +154,7 @@ impl<M: Meta> State<M> {
         // version of the same presence is an update of it: pair them, and
         // take the paired slot out of `removals`.
         let mut gone = Gone::new(&removals);
+        let mut additions = SmallVec::new();
         let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
             if slot.covers(e.dot) {
@@ -174,8 +174,9 @@ impl<M: Meta> State<M> {
             if let Some(s) = replaces {
                 gone.take(s);
             }
-            plan.additions.push((i, replaces));
+            additions.push((i, replaces));
         }
+        plan.additions = Additions::Listed(additions);
         removals.retain(|s| gone.contains(*s));
         plan.removals = removals;
         self.check_part(part, &plan, held)?;
@@ -223,7 +224,7 @@ impl<M: Meta> State<M> {
     /// Checks what a part would add against the limits.
     fn check_part(&self, part: &Part<M>, plan: &Plan, held: usize) -> Result<(), StateError> {
         let mut added = 0usize;
-        for &(i, replaces) in &plan.additions {
+        for (i, replaces) in plan.additions.iter(part.entries.len()) {
             self.check_key(part.entries[i].payload.key.as_str())?;
             if replaces.is_none() {
                 added += 1;
@@ -294,19 +295,24 @@ impl<M: Meta> State<M> {
             ..
         } = part;
         diff.count_undecodable(undecodable);
-        let fresh = plan.additions.iter().filter(|a| a.1.is_none()).count();
+        let fresh = plan
+            .additions
+            .iter(entries.len())
+            .filter(|a| a.1.is_none())
+            .count();
         if fresh > 64 {
             self.store.reserve(r, fresh);
         }
-        let mut additions = plan.additions.into_iter().peekable();
-        // The delta's topics, interned here as they are first needed. No
-        // topic is released while entries are added, so the map holds.
-        let mut local_topics: SmallVec<[Option<u32>; 4]> = SmallVec::from_elem(None, topics.len());
+        let mut additions = plan.additions.iter(entries.len()).peekable();
+        // The delta's topics, interned here as they are first needed, with
+        // their place in the diff. No topic is released while entries are
+        // added, so the map holds.
+        let mut local_topics: SmallVec<[Option<(u32, usize)>; 4]> =
+            SmallVec::from_elem(None, topics.len());
         for (i, e) in entries.into_iter().enumerate() {
-            let Some(&(_, replaces)) = additions.peek().filter(|a| a.0 == i) else {
+            let Some((_, replaces)) = additions.next_if(|a| a.0 == i) else {
                 continue;
             };
-            additions.next();
             match replaces {
                 Some(slot) => {
                     let old = self.store.replace(slot, e.dot, e.payload.clone());
@@ -317,12 +323,18 @@ impl<M: Meta> State<M> {
                     }
                 }
                 None => {
-                    let topic = match local_topics[e.topic as usize] {
-                        Some(topic) => topic,
+                    let (topic, in_diff) = match local_topics[e.topic as usize] {
+                        Some(known) => known,
                         None => {
                             let topic = self.store.intern_topic(&topics[e.topic as usize]);
-                            local_topics[e.topic as usize] = Some(topic);
-                            topic
+                            // Hidden replicas report nothing: no place.
+                            let in_diff = if visible {
+                                diff.place(self.store.topic_name(topic))
+                            } else {
+                                usize::MAX
+                            };
+                            local_topics[e.topic as usize] = Some((topic, in_diff));
+                            (topic, in_diff)
                         }
                     };
                     let at = Place {
@@ -334,8 +346,7 @@ impl<M: Meta> State<M> {
                     self.store.insert(at, e.payload.clone(), visible);
                     if visible {
                         let pid = PresenceId::new(id.clone(), e.pid);
-                        let name = self.store.topic_name(topic);
-                        diff.join(name, Presence::new(pid, e.dot, e.payload));
+                        diff.join_at(in_diff, Presence::new(pid, e.dot, e.payload));
                     }
                 }
             }
@@ -402,5 +413,26 @@ impl Gone {
                 slots.remove(&slot);
             }
         }
+    }
+}
+
+/// Which entries of a part a merge adds.
+enum Additions {
+    /// All of them, none replacing anything (a replica new here).
+    Every,
+    /// These, by index, with the local version of the same presence each
+    /// replaces.
+    Listed(SmallVec<[(usize, Option<Slot>); 2]>),
+}
+
+impl Additions {
+    /// `(entry index, replaced slot)` in entry order, for a part of `len`
+    /// entries.
+    fn iter(&self, len: usize) -> impl Iterator<Item = (usize, Option<Slot>)> + '_ {
+        let (every, listed) = match self {
+            Additions::Every => (0..len, &[][..]),
+            Additions::Listed(listed) => (0..0, &listed[..]),
+        };
+        every.map(|i| (i, None)).chain(listed.iter().copied())
     }
 }

@@ -11,7 +11,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable, hash_table};
 
 use super::slab::Slab;
 use super::{Key, Topic};
@@ -257,21 +257,24 @@ impl<M> Store<M> {
         });
         let key_str = live(slots, slot).payload.key.as_str();
         let hash = key_hash(hasher, topic, key_str);
-        let found = self.by_key.find_mut(hash, |&s| {
+        let same_key = |&s: &Slot| {
             let e = live(slots, s);
             e.topic == topic && e.payload.key.as_str() == key_str
-        });
-        match found {
-            Some(head) => {
-                let previous = std::mem::replace(head, slot);
-                live_mut(slots, slot).next_in_key = previous;
+        };
+        let rehash = |&s: &Slot| {
+            let e = live(slots, s);
+            key_hash(hasher, e.topic, e.payload.key.as_str())
+        };
+        // The new entry heads its key's chain.
+        let previous = match self.by_key.entry(hash, same_key, rehash) {
+            hash_table::Entry::Occupied(mut head) => Some(std::mem::replace(head.get_mut(), slot)),
+            hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+                None
             }
-            None => {
-                self.by_key.insert_unique(hash, slot, |&s| {
-                    let e = live(slots, s);
-                    key_hash(hasher, e.topic, e.payload.key.as_str())
-                });
-            }
+        };
+        if let Some(previous) = previous {
+            live_mut(slots, slot).next_in_key = previous;
         }
         let topic_slot = self.topic_mut(topic);
         topic_slot.members.push(slot);
