@@ -249,26 +249,23 @@ impl<M> DiffBuilder<M> {
                 .iter()
                 .position(|(t, _)| t.identity() == identity),
         };
-        let i = match found {
-            Some(i) => i,
-            None => {
-                // The clone keeps the address from being reused meanwhile.
-                self.topics.push((topic.clone(), TopicDiff::default()));
-                let i = self.topics.len() - 1;
-                if let Some(index) = &mut self.index {
-                    index.insert(identity, i);
-                } else if self.topics.len() > SCANNED_TOPICS {
-                    let index = self
-                        .topics
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (t, _))| (t.identity(), i))
-                        .collect();
-                    self.index = Some(index);
-                }
-                i
-            }
-        };
+        if let Some(i) = found {
+            return i;
+        }
+        // The clone keeps the address from being reused meanwhile.
+        self.topics.push((topic.clone(), TopicDiff::default()));
+        let i = self.topics.len() - 1;
+        if let Some(index) = &mut self.index {
+            index.insert(identity, i);
+        } else if self.topics.len() > SCANNED_TOPICS {
+            let index = self
+                .topics
+                .iter()
+                .enumerate()
+                .map(|(i, (t, _))| (t.identity(), i))
+                .collect();
+            self.index = Some(index);
+        }
         i
     }
 
