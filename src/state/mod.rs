@@ -172,9 +172,10 @@ impl<M> StateBuilder<M> {
     /// Starts this replica's counter at `first` instead of 1, as if it had
     /// already spent the counters below. Counters are opaque to peers; this
     /// exists so tests and benchmarks can exercise long-lived replicas,
-    /// whose large counters cost more bytes on the wire.
+    /// whose large counters cost more bytes on the wire. It is kept within
+    /// `1..=2^62`, which leaves more counters than any replica can spend.
     pub fn first_counter(mut self, first: u64) -> Self {
-        self.first_counter = first.max(1);
+        self.first_counter = first.clamp(1, 1 << 62);
         self
     }
 
