@@ -32,6 +32,8 @@ struct Plan {
     replica: Option<u32>,
     /// Older incarnations of the same name to purge first.
     superseded: SmallVec<[u32; 1]>,
+    /// Whether this is a newer incarnation of its name than any seen.
+    newest: bool,
     /// Local entries the part removes (those it replaces are not here).
     removals: SmallVec<[Slot; 2]>,
     /// Entries of the part to add.
@@ -78,7 +80,10 @@ impl<M: Meta> State<M> {
                 }
                 continue;
             }
-            if self.is_dead(id) || part.is_empty() {
+            // Data about a purged incarnation, or about one older than the
+            // newest seen of its name, is ignored.
+            let newest = self.newest.get(id.name()).copied();
+            if self.purged.contains_key(id) || newest > Some(id.incarnation()) || part.is_empty() {
                 continue;
             }
             // Parts are sorted by replica, so a newer incarnation of the same
@@ -102,7 +107,8 @@ impl<M: Meta> State<M> {
             }
             // Older incarnations held here are purged by this one. None is
             // held when this is already the newest incarnation seen.
-            let superseded = if self.newest.get(id.name()) == Some(&id.incarnation()) {
+            let known_newest = newest == Some(id.incarnation());
+            let superseded = if known_newest {
                 SmallVec::new()
             } else {
                 self.replica_ids
@@ -112,7 +118,8 @@ impl<M: Meta> State<M> {
                     .map(|(_, &r)| r)
                     .collect()
             };
-            let plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
+            let mut plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
+            plan.newest = !known_newest;
             plans.push(plan);
         }
         let replicas = self.replica_ids.len() + new_replicas;
@@ -140,6 +147,7 @@ impl<M: Meta> State<M> {
             part: index,
             replica,
             superseded,
+            newest: false,
             removals: SmallVec::new(),
             additions: Additions::Listed(SmallVec::new()),
         };
@@ -255,7 +263,7 @@ impl<M: Meta> State<M> {
             for &old in &plan.superseded {
                 self.purge_slot(old, PurgeReason::Superseded, &mut diff);
             }
-            if self.newest.get(part.replica.name()) != Some(&part.replica.incarnation()) {
+            if plan.newest {
                 self.newest
                     .insert(part.replica.name().clone(), part.replica.incarnation());
             }
@@ -363,16 +371,6 @@ impl<M: Meta> State<M> {
         self.store.open_replica(index);
         self.replica_ids.insert(id, index);
         index
-    }
-
-    /// Whether data about `id` must be ignored: it was purged, left, or a
-    /// newer incarnation of its name is known.
-    pub(crate) fn is_dead(&self, id: &ReplicaId) -> bool {
-        self.purged.contains_key(id)
-            || self
-                .newest
-                .get(id.name())
-                .is_some_and(|&n| n > id.incarnation())
     }
 }
 
