@@ -74,7 +74,7 @@ fn read_ranges(reader: &mut Reader<'_>, base: u64) -> Result<CounterSet, WireErr
     if flat % 2 != 0 {
         return Err(WireError::Malformed("ranges come in pairs"));
     }
-    let mut ranges = Vec::with_capacity(flat / 2);
+    let mut ranges = Vec::new();
     let mut previous: Option<u64> = None;
     for _ in 0..flat / 2 {
         let gap = reader.uint()?;
@@ -170,10 +170,12 @@ fn add(a: u64, b: u64) -> Result<u64, WireError> {
 
 pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireError> {
     let count = reader.array(4)?;
+    // Nothing is reserved from counts the peer sent: collections grow with
+    // what is actually decoded.
     let mut delta = Delta::default();
-    delta.parts.reserve(count);
+    let mut table = TopicTable::default();
     for _ in 0..count {
-        let part = read_part(reader, &mut delta.topics)?;
+        let part = read_part(reader, &mut table)?;
         if let Some(last) = delta.parts.last()
             && last.replica >= part.replica
         {
@@ -181,12 +183,21 @@ pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireErr
         }
         delta.parts.push(part);
     }
+    delta.topics = table.topics;
     Ok(delta)
+}
+
+/// The topics of a message, in order of first appearance, with an index by
+/// name to refuse a topic sent twice.
+#[derive(Default)]
+struct TopicTable {
+    topics: SmallVec<[Topic; 1]>,
+    names: HashMap<Topic, u32>,
 }
 
 fn read_part<M: Meta>(
     reader: &mut Reader<'_>,
-    topics: &mut SmallVec<[Topic; 1]>,
+    table: &mut TopicTable,
 ) -> Result<Part<M>, WireError> {
     let fields = reader.array(1)?;
     if !(3..=7).contains(&fields) {
@@ -209,8 +220,7 @@ fn read_part<M: Meta>(
     if flat % 5 != 0 {
         return Err(WireError::Malformed("entries come in fives"));
     }
-    let mut dots = Vec::with_capacity(flat / 5);
-    part.entries.reserve(flat / 5);
+    let mut dots = Vec::new();
     for i in 0..flat / 5 {
         let topic = match reader.peek_marker()? {
             rmp::Marker::FixPos(_)
@@ -219,7 +229,7 @@ fn read_part<M: Meta>(
             | rmp::Marker::U32
             | rmp::Marker::U64 => {
                 let index = reader.uint()?;
-                if index >= topics.len() as u64 {
+                if index >= table.topics.len() as u64 {
                     return Err(WireError::Malformed("topic index out of range"));
                 }
                 index as u32
@@ -229,11 +239,14 @@ fn read_part<M: Meta>(
                 if name.is_empty() {
                     return Err(WireError::Malformed("empty topic"));
                 }
-                if topics.iter().any(|t| t.as_str() == name) {
+                if table.names.contains_key(name) {
                     return Err(WireError::Malformed("topic sent twice"));
                 }
-                topics.push(Topic::from(name));
-                (topics.len() - 1) as u32
+                let topic = Topic::from(name);
+                let index = table.topics.len() as u32;
+                table.names.insert(topic.clone(), index);
+                table.topics.push(topic);
+                index
             }
         };
         let key = reader.str()?;
@@ -270,7 +283,6 @@ fn read_part<M: Meta>(
         if flat % 2 != 0 {
             return Err(WireError::Malformed("removals come in pairs"));
         }
-        part.removals.reserve(flat / 2);
         let mut previous = base;
         for i in 0..flat / 2 {
             let step = reader.uint()?;
@@ -287,6 +299,15 @@ fn read_part<M: Meta>(
                 dot: event - back,
             });
             previous = event;
+        }
+        // A removed dot is removed once, and is not among the live entries.
+        let mut removed: Vec<u64> = part.removals.iter().map(|r| r.dot).collect();
+        removed.sort_unstable();
+        if removed.windows(2).any(|w| w[0] == w[1]) {
+            return Err(WireError::Malformed("a dot is removed twice"));
+        }
+        if removed.iter().any(|d| dots.binary_search(d).is_ok()) {
+            return Err(WireError::Malformed("a removed dot is also live"));
         }
     }
     if fields >= 5 {
@@ -323,6 +344,11 @@ fn read_part<M: Meta>(
     };
     if smallest != Some(base) {
         return Err(WireError::Malformed("base is not the smallest counter"));
+    }
+    if part.history_floor > events.max() {
+        return Err(WireError::Malformed(
+            "history floor above the part's events",
+        ));
     }
     part.context = events;
     part.dead = dead;

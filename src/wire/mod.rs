@@ -6,7 +6,8 @@
 //! hand so that a join costs a few bytes beyond its topic, key and meta:
 //! counters are sent as differences from a base, topics once per message,
 //! and a part's context is left implicit when its entries and removals
-//! already spell it out. See `docs/design.md` for the layout.
+//! already spell it out. The layout is described at the top of
+//! `src/wire/delta.rs`.
 //!
 //! Decoding never panics and never allocates more than the input justifies.
 //! A meta that does not decode (another version of the application) drops
