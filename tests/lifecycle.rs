@@ -235,3 +235,57 @@ fn catch_ups_reach_back_as_far_as_the_removal_log() {
     // And a holder that caught up serves catch-ups in turn.
     assert!(recent.changes_since(a.replica(), 8).is_some());
 }
+
+#[test]
+fn purging_a_newer_incarnation_not_held_replaces_the_older_one() {
+    let mut old = State::<u32>::new(replica("a", 1));
+    let mut b = state("b");
+    let (alice, c1) = old.track("t", "alice", 1).unwrap();
+    b.merge(c1.into_delta()).unwrap();
+    let diff = b.purge(&replica("a", 2), PurgeReason::Left).unwrap();
+    assert_eq!(diff.leaves().count(), 1, "a@1 is replaced by the gone a@2");
+    assert_eq!(b.count("t"), 0);
+    // Later data of the older incarnation changes nothing.
+    assert!(
+        b.merge(old.untrack(&alice).unwrap().into_delta())
+            .unwrap()
+            .is_empty()
+    );
+    assert!(b.merge(old.snapshot()).unwrap().is_empty());
+    assert_eq!(b.count("t"), 0);
+}
+
+#[test]
+fn a_replaced_incarnation_cannot_be_readmitted() {
+    let mut old = State::<u32>::new(replica("a", 1));
+    let mut new = State::<u32>::new(replica("a", 2));
+    let mut b = state("b");
+    let (_, c1) = old.track("t", "alice", 1).unwrap();
+    b.merge(c1.into_delta()).unwrap();
+    b.purge(old.replica(), PurgeReason::Permdown).unwrap();
+    let (_, c2) = new.track("t", "bob", 2).unwrap();
+    b.merge(c2.into_delta()).unwrap();
+    let snapshot = old.snapshot_of(old.replica()).unwrap();
+    assert_eq!(
+        b.readmit(snapshot),
+        Err(StateError::NotReadmittable(old.replica().clone()))
+    );
+    assert_eq!(b.purged().count(), 1, "the purge record stays");
+    assert_eq!(rows(&b, "t"), [("bob".to_string(), 1, 2)]);
+}
+
+#[test]
+fn a_new_incarnation_fits_under_the_replica_limit_it_replaces_within() {
+    let limits = Limits::default().max_replicas(2);
+    let mut b: State<u32> = State::builder(replica("b", 1)).limits(limits).build();
+    let mut old = State::<u32>::new(replica("a", 1));
+    let mut new = State::<u32>::new(replica("a", 2));
+    b.merge(old.track("t", "alice", 1).unwrap().1.into_delta())
+        .unwrap();
+    let diff = b
+        .merge(new.track("t", "bob", 2).unwrap().1.into_delta())
+        .unwrap();
+    assert_eq!(diff.joins().count(), 1);
+    assert_eq!(diff.leaves().count(), 1);
+    assert_eq!(b.replicas().count(), 2);
+}

@@ -112,6 +112,10 @@ impl<M: Meta> State<M> {
                     .entry(replica.name().clone())
                     .or_insert(replica.incarnation());
                 *newest = (*newest).max(replica.incarnation());
+                // Whatever older incarnation of the name is held is replaced.
+                for older in self.older_incarnations(replica) {
+                    self.purge_slot(older, PurgeReason::Superseded, &mut diff);
+                }
             }
         }
         Ok(diff.finish())
@@ -153,7 +157,12 @@ impl<M: Meta> State<M> {
             let Some(record) = self.purged.get(&part.replica) else {
                 continue;
             };
-            if record.reason != PurgeReason::Permdown {
+            let replaced = self.newest.get(part.replica.name()) > Some(&part.replica.incarnation())
+                || snapshot
+                    .parts
+                    .iter()
+                    .any(|p| p.replica.name() == part.replica.name() && p.replica > part.replica);
+            if record.reason != PurgeReason::Permdown || replaced {
                 return Err(StateError::NotReadmittable(part.replica.clone()));
             }
             let whole = part.context.ranges().len() == 1 && part.context.min() == Some(1);
@@ -265,13 +274,14 @@ impl<M: Meta> State<M> {
         }
         part.context = CounterSet::prefix(renamed.len() as u64);
         self.slot_mut(new).context = part.context.clone();
+        let old_counter = self.slot(old).context.max();
         self.store.close_replica(old);
         self.replicas.remove(old);
         self.replica_ids.remove(&old_id);
         self.purged.insert(
             old_id.clone(),
             PurgeRecord {
-                counter: 0,
+                counter: old_counter,
                 reason: PurgeReason::Superseded,
             },
         );

@@ -2,7 +2,12 @@
 
 use super::{Incarnation, PresenceId, ReplicaId};
 
-/// Bounds on what one state accepts, from local callers and from peers alike.
+/// Bounds on what one state accepts.
+///
+/// Topic and key lengths, presences per replica and replicas per state are
+/// checked on local calls and on merges alike; the meta size is checked
+/// where the meta is tracked (a peer's metas are bounded by the largest
+/// message its decoder accepts).
 ///
 /// Built from [`Limits::default`] and adjusted with its setters:
 ///

@@ -47,7 +47,7 @@ impl<M: Meta> State<M> {
     /// The merge is a join: merging the same deltas in any order, any number
     /// of times, gives the same state. Its cost follows the delta: entries
     /// it removes are found through the dot index, never by scanning, and a
-    /// part whose counters are all known here costs O(1).
+    /// part whose counters are all known here costs O(ranges of its context).
     ///
     /// Data about this replica's own name is not merged: its own data is
     /// authoritative, and a newer incarnation of its name is noted for
@@ -72,6 +72,7 @@ impl<M: Meta> State<M> {
         let mut plans = SmallVec::new();
         let mut newer_self = None;
         let mut new_replicas = 0usize;
+        let mut replaced = 0usize;
         for (index, part) in delta.parts.iter().enumerate() {
             let id = &part.replica;
             if id.name() == self.replica().name() {
@@ -111,18 +112,14 @@ impl<M: Meta> State<M> {
             let superseded = if known_newest {
                 SmallVec::new()
             } else {
-                self.replica_ids
-                    .range(..id.clone())
-                    .rev()
-                    .take_while(|(held, _)| held.name() == id.name())
-                    .map(|(_, &r)| r)
-                    .collect()
+                self.older_incarnations(id)
             };
+            replaced += superseded.len();
             let mut plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
             plan.newest = !known_newest;
             plans.push(plan);
         }
-        let replicas = self.replica_ids.len() + new_replicas;
+        let replicas = (self.replica_ids.len() + new_replicas).saturating_sub(replaced);
         if replicas > self.limits.replicas() {
             return Err(StateError::TooManyReplicas {
                 count: replicas,
@@ -362,6 +359,16 @@ impl<M: Meta> State<M> {
         let capacity = self.limits.removal_log();
         self.slot_mut(r)
             .absorb(&context, &dead, &removals, history_floor, capacity);
+    }
+
+    /// The slots of the incarnations of `id`'s name older than it.
+    pub(crate) fn older_incarnations(&self, id: &ReplicaId) -> SmallVec<[u32; 1]> {
+        self.replica_ids
+            .range(..id.clone())
+            .rev()
+            .take_while(|(held, _)| held.name() == id.name())
+            .map(|(_, &r)| r)
+            .collect()
     }
 
     /// Opens a slot for a replica new here.

@@ -359,13 +359,12 @@ impl<M: Meta> State<M> {
     /// everything one connection held. Each removal takes its own counter.
     /// Nothing is removed if any id is unknown.
     pub fn untrack_many(&mut self, ids: &[PresenceId]) -> Result<Change<M>, StateError> {
-        let mut slots = Vec::with_capacity(ids.len());
-        for id in ids {
-            let slot = self.own_slot(id)?;
-            if !slots.contains(&slot) {
-                slots.push(slot);
-            }
-        }
+        let mut slots = ids
+            .iter()
+            .map(|id| self.own_slot(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        slots.sort_unstable();
+        slots.dedup();
         Ok(self.remove_own(slots))
     }
 
@@ -386,14 +385,10 @@ impl<M: Meta> State<M> {
         // Oldest first, so counters follow the order of the presences.
         slots.sort_by_key(|&s| self.store.entry(s).dot);
         let mut part = Part::new(self.replica().clone());
-        let mut topics: Vec<Topic> = Vec::new();
         let mut diff = DiffBuilder::new();
         for slot in slots {
             let counter = self.next_counter();
             let (old, topic) = self.store.remove(slot, true);
-            if !topics.contains(&topic) {
-                topics.push(topic.clone());
-            }
             self.moved.remove(&old.pid);
             part.context.insert(counter);
             part.dead.insert(old.dot);
@@ -406,8 +401,9 @@ impl<M: Meta> State<M> {
             let id = PresenceId::new(self.replica().clone(), old.pid);
             diff.leave(&topic, Presence::new(id, old.dot, old.payload));
         }
+        // Removals name dots only: the delta needs no topic.
         Change {
-            delta: Delta::of_part(topics, part),
+            delta: Delta::of_part([], part),
             diff: diff.finish(),
         }
     }
