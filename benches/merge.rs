@@ -62,77 +62,17 @@ fn deltas(c: &mut Criterion) {
     let mut large = steady_pair(LARGE);
     let mut orswot = OrPair::new(ORSWOT);
 
-    {
-        let mut group = c.benchmark_group("delta_apply_join");
+    for (name, join) in [("delta_apply_join", true), ("delta_apply_leave", false)] {
+        let mut group = c.benchmark_group(name);
         quick(&mut group);
         for (s, pair) in [(SMALL, &mut small), (LARGE, &mut large)] {
             group.bench_function(BenchmarkId::new("attendance", s), |b| {
-                b.iter_custom(|iters| {
-                    let mut timed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let delta = pair.remote.join();
-                        let start = Instant::now();
-                        let diff = pair.local.merge(delta);
-                        timed += start.elapsed();
-                        assert_eq!(diff.unwrap().joins().count(), 1);
-                        pair.leave();
-                    }
-                    timed
-                })
+                b.iter_custom(|iters| (0..iters).map(|_| merge_one_delta(pair, join)).sum())
             });
             assert_eq!(pair.local.len(), s);
         }
         group.bench_function(BenchmarkId::new("crdts_orswot", ORSWOT), |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    let op = orswot.remote.add();
-                    let start = Instant::now();
-                    orswot.local.apply(op);
-                    timed += start.elapsed();
-                    let added = orswot.remote.held.last().unwrap();
-                    assert!(orswot.local.contains(added).val);
-                    orswot.rm();
-                }
-                timed
-            })
-        });
-        group.finish();
-    }
-
-    {
-        let mut group = c.benchmark_group("delta_apply_leave");
-        quick(&mut group);
-        for (s, pair) in [(SMALL, &mut small), (LARGE, &mut large)] {
-            group.bench_function(BenchmarkId::new("attendance", s), |b| {
-                b.iter_custom(|iters| {
-                    let mut timed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let delta = pair.remote.leave();
-                        let start = Instant::now();
-                        let diff = pair.local.merge(delta);
-                        timed += start.elapsed();
-                        assert_eq!(diff.unwrap().leaves().count(), 1);
-                        pair.join();
-                    }
-                    timed
-                })
-            });
-            assert_eq!(pair.local.len(), s);
-        }
-        group.bench_function(BenchmarkId::new("crdts_orswot", ORSWOT), |b| {
-            b.iter_custom(|iters| {
-                let mut timed = Duration::ZERO;
-                for _ in 0..iters {
-                    let (op, removed) = orswot.remote.rm();
-                    let start = Instant::now();
-                    orswot.local.apply(op);
-                    timed += start.elapsed();
-                    assert!(!orswot.local.contains(&removed).val);
-                    orswot.add();
-                }
-                timed
-            })
+            b.iter_custom(|iters| (0..iters).map(|_| apply_one_op(&mut orswot, join)).sum())
         });
         group.finish();
     }
@@ -183,6 +123,52 @@ fn track_on(owner: &mut Remote, iters: u64) -> Duration {
         drop(owner.leave());
     }
     timed
+}
+
+/// Merges one fresh join (or leave) delta of the remote into the local and
+/// returns the time of that merge alone; the presence count is restored
+/// untimed.
+fn merge_one_delta(pair: &mut Pair, join: bool) -> Duration {
+    let delta = if join {
+        pair.remote.join()
+    } else {
+        pair.remote.leave()
+    };
+    let start = Instant::now();
+    let diff = pair.local.merge(delta);
+    let timed = start.elapsed();
+    let diff = diff.unwrap();
+    if join {
+        assert_eq!(diff.joins().count(), 1);
+        pair.leave();
+    } else {
+        assert_eq!(diff.leaves().count(), 1);
+        pair.join();
+    }
+    timed
+}
+
+/// The `crdts` counterpart of [`merge_one_delta`]: one fresh add (or
+/// remove) op of the remote applied to the local.
+fn apply_one_op(pair: &mut OrPair, add: bool) -> Duration {
+    if add {
+        let op = pair.remote.add();
+        let start = Instant::now();
+        pair.local.apply(op);
+        let timed = start.elapsed();
+        let added = pair.remote.held.last().unwrap();
+        assert!(pair.local.contains(added).val);
+        pair.rm();
+        timed
+    } else {
+        let (op, removed) = pair.remote.rm();
+        let start = Instant::now();
+        pair.local.apply(op);
+        let timed = start.elapsed();
+        assert!(!pair.local.contains(&removed).val);
+        pair.add();
+        timed
+    }
 }
 
 /// The `crdts` counterpart of [`track_on`]: derive the add context, make the
