@@ -65,8 +65,7 @@ impl<M: Meta> State<M> {
             return Ok(diff.finish());
         }
         self.slot_mut(r).hidden = hidden;
-        let mut slots: Vec<_> = self.store.replica_slots(r).collect();
-        slots.sort_by_key(|&s| self.store.entry(s).dot);
+        let slots = self.store.replica_slots_by_dot(r);
         for slot in slots {
             let topic = self.store.entry(slot).topic;
             self.store.shift_visible(topic, !hidden);
@@ -123,8 +122,7 @@ impl<M: Meta> State<M> {
 
     pub(crate) fn purge_slot(&mut self, r: u32, reason: PurgeReason, diff: &mut DiffBuilder<M>) {
         let visible = !self.slot(r).hidden;
-        let mut slots: Vec<_> = self.store.replica_slots(r).collect();
-        slots.sort_by_key(|&s| self.store.entry(s).dot);
+        let slots = self.store.replica_slots_by_dot(r);
         let id = self.slot(r).id.clone();
         for slot in slots {
             let (old, topic) = self.store.remove(slot, visible);
@@ -235,8 +233,7 @@ impl<M: Meta> State<M> {
         let old_id = self.replica().clone();
         let new_id = ReplicaId::new(old_id.name().clone(), incarnation);
         let old = self.me;
-        let mut slots: Vec<_> = self.store.replica_slots(old).collect();
-        slots.sort_by_key(|&s| self.store.entry(s).dot);
+        let slots = self.store.replica_slots_by_dot(old);
         let new = self.add_replica(new_id.clone());
         self.me = new;
         self.moved.clear();

@@ -207,6 +207,13 @@ impl<M> Store<M> {
         self.by_dot[replica as usize].iter().copied()
     }
 
+    /// The slots of one replica's entries, oldest dot first.
+    pub(crate) fn replica_slots_by_dot(&self, replica: u32) -> Vec<Slot> {
+        let mut slots: Vec<_> = self.replica_slots(replica).collect();
+        slots.sort_unstable_by_key(|&s| live(&self.slots, s).dot);
+        slots
+    }
+
     pub(crate) fn find_dot(&self, replica: u32, dot: u64) -> Option<Slot> {
         let slots = &self.slots;
         self.by_dot
