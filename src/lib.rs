@@ -47,6 +47,7 @@
 //! }
 //! ```
 
+pub mod protocol;
 mod state;
 pub mod wire;
 

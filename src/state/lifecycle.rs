@@ -44,7 +44,34 @@ pub struct Reincarnation<M> {
 impl<M: Meta> State<M> {
     /// Hides a replica's presences from lists (it is considered down) and
     /// returns their leaves. Its entries are kept and still merged.
+    ///
+    /// A replica not held yet is registered hidden, so that what is merged
+    /// of it later stays out of the lists until [`State::unhide`]. Nothing
+    /// happens for a purged incarnation or one older than the newest seen
+    /// of its name.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::OwnReplica`] for this replica, and
+    /// [`StateError::TooManyReplicas`] when registering would break the
+    /// limit.
     pub fn hide(&mut self, replica: &ReplicaId) -> Result<Diff<M>, StateError> {
+        if self.peer_slot(replica)?.is_none() {
+            let stale = self.purged.contains_key(replica)
+                || self.newest.get(replica.name()) > Some(&replica.incarnation());
+            if stale {
+                return Ok(Diff::default());
+            }
+            if self.replica_ids.len() >= self.limits.replicas() {
+                return Err(StateError::TooManyReplicas {
+                    count: self.replica_ids.len() + 1,
+                    max: self.limits.replicas(),
+                });
+            }
+            let r = self.add_replica(replica.clone());
+            self.slot_mut(r).hidden = true;
+            return Ok(Diff::default());
+        }
         self.set_hidden(replica, true)
     }
 

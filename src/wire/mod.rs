@@ -27,6 +27,7 @@
 //! ```
 
 mod delta;
+pub(crate) mod message;
 mod msgpack;
 
 use crate::state::{Delta, Meta};
@@ -42,6 +43,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[repr(u8)]
 pub(crate) enum Kind {
     Delta = 1,
+    Heartbeat = 2,
+    Interval = 3,
+    CatchUpRequest = 4,
+    CatchUpReply = 5,
 }
 
 /// Why bytes could not be decoded, or a delta encoded.

@@ -1,4 +1,5 @@
-//! The few MessagePack primitives the codec needs, read with bounds checks.
+//! The few MessagePack primitives the codec needs, and the LEB128 varints
+//! of the protocol messages, read with bounds checks.
 //!
 //! The reader never trusts a length prefix beyond the bytes that remain, so
 //! a hostile count cannot make the decoder allocate more than the input
@@ -34,7 +35,7 @@ impl<'a> Reader<'a> {
         &self.bytes[from..self.pos]
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.remaining() < n {
             return Err(WireError::Truncated);
         }
@@ -45,6 +46,30 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn byte(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
+    }
+
+    /// An unsigned LEB128 varint of at most ten bytes.
+    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = self.byte()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(WireError::Malformed("varint overflows"));
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::Malformed("varint overflows"))
+    }
+
+    /// The bytes not read yet, consuming them.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let out = &self.bytes[self.pos..];
+        self.pos = self.bytes.len();
+        out
     }
 
     fn be(&mut self, n: usize) -> Result<u64, WireError> {
@@ -173,6 +198,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+pub(crate) fn write_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 pub(crate) fn write_uint(out: &mut Vec<u8>, n: u64) {
     rmp::encode::write_uint(out, n).expect("writing to a Vec cannot fail");
 }
@@ -214,6 +247,21 @@ mod tests {
         }
         let deep = vec![0x91u8; 10_000];
         assert!(Reader::new(&deep).skip_value().is_err());
+    }
+
+    #[test]
+    fn varints_round_trip_and_refuse_overflow() {
+        for n in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            write_varint(&mut out, n);
+            let mut reader = Reader::new(&out);
+            assert_eq!(reader.varint(), Ok(n));
+            assert_eq!(reader.remaining(), 0);
+        }
+        let mut reader = Reader::new(&[0xff; 10]);
+        assert!(reader.varint().is_err());
+        let mut reader = Reader::new(&[0x80, 0x80]);
+        assert_eq!(reader.varint(), Err(WireError::Truncated));
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! The protocol's periods and bounds.
+
+use std::time::Duration;
+
+/// How often a replica speaks and how long it waits before giving up on a
+/// silent peer.
+///
+/// ```
+/// use std::time::Duration;
+/// use attendance::protocol::Config;
+///
+/// let mut config = Config::default();
+/// config.broadcast_period = Duration::from_millis(200);
+/// config.down_period = Duration::from_secs(4);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// How often changes are broadcast and heartbeats sent. Default 1.5 s.
+    pub broadcast_period: Duration,
+    /// A replica with no sign of life for this long is considered down: its
+    /// presences are hidden. Default 30 s.
+    pub down_period: Duration,
+    /// A replica with no sign of life for this long is purged, leaving a
+    /// purge record. Default 20 min.
+    pub permdown_period: Duration,
+    /// How long purge records are kept. Default 40 min (2 × `permdown_period`).
+    pub tombstone_ttl: Duration,
+    /// How long a catch-up request waits for its answer before it is sent
+    /// to another holder. Default 3 s (2 × `broadcast_period`).
+    pub catchup_timeout: Duration,
+    /// The largest message sent or accepted. Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// The largest catch-up answer (sent in pieces) accepted. Default 64 MiB.
+    pub max_catchup_bytes: usize,
+    /// Intervals of one replica held while an earlier one is missing.
+    /// Default 64; beyond it they are dropped and caught up later.
+    pub max_buffered_intervals: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::with_broadcast_period(Duration::from_millis(1500))
+    }
+}
+
+impl Config {
+    /// The defaults, with every period scaled to `broadcast_period` as the
+    /// defaults are to 1.5 s (down after 20 periods, permdown after 800).
+    pub fn with_broadcast_period(broadcast_period: Duration) -> Self {
+        let permdown_period = broadcast_period * 800;
+        Self {
+            broadcast_period,
+            down_period: broadcast_period * 20,
+            permdown_period,
+            tombstone_ttl: permdown_period * 2,
+            catchup_timeout: broadcast_period * 2,
+            max_message_bytes: 1 << 20,
+            max_catchup_bytes: 64 << 20,
+            max_buffered_intervals: 64,
+        }
+    }
+
+    /// Checks that the settings make sense together.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first setting that does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.broadcast_period < Duration::from_millis(1) {
+            return Err(ConfigError("broadcast_period must be at least 1 ms"));
+        }
+        if self.down_period < self.broadcast_period * 3 {
+            return Err(ConfigError(
+                "down_period must be at least 3 broadcast periods",
+            ));
+        }
+        if self.permdown_period < self.down_period {
+            return Err(ConfigError("permdown_period must be at least down_period"));
+        }
+        if self.tombstone_ttl < self.permdown_period {
+            return Err(ConfigError(
+                "tombstone_ttl must be at least permdown_period",
+            ));
+        }
+        if self.catchup_timeout < self.broadcast_period {
+            return Err(ConfigError(
+                "catchup_timeout must be at least one broadcast period",
+            ));
+        }
+        if self.max_message_bytes < 64 << 10 {
+            return Err(ConfigError("max_message_bytes must be at least 64 KiB"));
+        }
+        if self.max_catchup_bytes < self.max_message_bytes {
+            return Err(ConfigError(
+                "max_catchup_bytes must be at least max_message_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A [`Config`] whose settings do not fit together.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid protocol configuration: {0}")]
+pub struct ConfigError(&'static str);

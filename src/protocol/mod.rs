@@ -1,0 +1,1208 @@
+//! One replica's replication protocol as a state machine: no I/O, no clock.
+//!
+//! A [`Node`] owns a replica's [`State`] and decides what to tell peers and
+//! when. Everything that happens to it is an input with the current time:
+//! a local mutation ([`Node::track`] and friends), a message from a peer
+//! ([`Node::handle_message`]), a timer ([`Node::handle_timeout`]), a peer
+//! connecting ([`Node::peer_connected`]) or a link reported lost
+//! ([`Node::link_lost`]). What it wants done comes out of queues: messages
+//! to send ([`Node::poll_transmit`]), events to publish
+//! ([`Node::poll_event`]), and when to wake it next ([`Node::poll_timeout`]).
+//! Time is a [`Duration`] since any origin the caller keeps fixed.
+//!
+//! The same inputs give the same outputs: nothing depends on hash-map order
+//! or on the system clock, so a seeded simulator replays a run exactly. The
+//! runtime drives it with tokio; `docs/protocol.md` describes the messages,
+//! the windows and why replicas converge.
+//!
+//! ```
+//! use std::time::Duration;
+//! use attendance::protocol::{Config, Destination, Node};
+//! use attendance::{Incarnation, ReplicaId, ReplicaName, State};
+//!
+//! let id = |name: &str| ReplicaId::new(ReplicaName::new(name).unwrap(), Incarnation::new(1, 7));
+//! let config = Config::default();
+//! let mut a: Node<String> = Node::new(State::new(id("a")), config.clone()).unwrap();
+//! let mut b: Node<String> = Node::new(State::new(id("b")), config.clone()).unwrap();
+//! a.peer_connected(Duration::ZERO, id("b"));
+//! b.peer_connected(Duration::ZERO, id("a"));
+//! a.track("room:1", "alice", "web".to_string()).unwrap();
+//!
+//! // A tiny network: deliver everything, advance time a period at a time.
+//! fn step(now: Duration, from: &mut Node<String>, to: &mut Node<String>) {
+//!     from.handle_timeout(now);
+//!     while let Some(t) = from.poll_transmit() {
+//!         to.handle_message(now, &t.bytes).unwrap();
+//!     }
+//! }
+//! let mut now = Duration::ZERO;
+//! for _ in 0..4 {
+//!     step(now, &mut a, &mut b);
+//!     step(now, &mut b, &mut a);
+//!     now += config.broadcast_period;
+//! }
+//! assert_eq!(b.state().count("room:1"), 1);
+//! ```
+
+mod config;
+pub(crate) mod message;
+mod metrics;
+mod remote;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+pub use config::{Config, ConfigError};
+pub use message::MessageKind;
+pub use metrics::{KindCounters, Metrics};
+pub use remote::ReplicaStatus;
+
+use crate::state::{
+    Delta, Diff, Incarnation, Meta, PresenceId, PurgeReason, ReplicaId, State, StateError,
+    encoded_meta_len,
+};
+use crate::wire::{self, WireError};
+use message::{DigestEntry, EntryId, EntryState, Envelope, Heartbeat, Message, ReplyChunk};
+use remote::{Assembly, Remote, Request, id_hash};
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Every connected peer.
+    All,
+    /// One replica.
+    Replica(ReplicaId),
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transmit {
+    /// Where to.
+    pub destination: Destination,
+    /// What kind of message it is.
+    pub kind: MessageKind,
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+}
+
+/// Something for the application to know.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event<M> {
+    /// The lists changed.
+    Diff(Diff<M>),
+    /// A replica is shown: alive and caught up.
+    ReplicaUp(ReplicaId),
+    /// A replica went silent: its presences are hidden.
+    ReplicaDown(ReplicaId),
+    /// A replica's entries were dropped for good or until it comes back.
+    ReplicaPurged(ReplicaId, PurgeReason),
+    /// A newer incarnation of this replica's name appeared elsewhere, so
+    /// this one moved above it: its presences have new ids. The lists did
+    /// not change.
+    Reincarnated {
+        /// The new id of this replica.
+        replica: ReplicaId,
+        /// Each live presence's old id and new one.
+        renamed: Vec<(PresenceId, PresenceId)>,
+    },
+    /// Another process keeps running under this replica's name: it has
+    /// been re-incarnated above three times within `down_period`. This
+    /// replica stops re-incarnating; its presences are no longer believed
+    /// by peers.
+    NameConflict(ReplicaId),
+}
+
+/// Why a message was refused. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The bytes are not a message.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The message breaks a limit of the state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The message is well-formed but says something impossible.
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
+}
+
+/// Changes of this replica not broadcast yet: the counters `(from, to]`.
+struct Chunk<M> {
+    from: u64,
+    to: u64,
+    delta: Delta<M>,
+    /// An upper estimate of its encoded size.
+    bytes: usize,
+}
+
+/// What the last heartbeat from a peer said it knows.
+#[derive(Default)]
+struct Link {
+    /// The replicas it named.
+    mentioned: BTreeSet<ReplicaId>,
+    /// The counters it said it holds.
+    counters: BTreeMap<ReplicaId, u64>,
+}
+
+/// Bytes of a message around its payload, kept free when splitting.
+const ENVELOPE_MARGIN: usize = 1024;
+
+/// One replica's protocol. See the [module docs](self).
+pub struct Node<M> {
+    state: State<M>,
+    config: Config,
+    beat: u64,
+    /// The greatest own counter broadcast.
+    broadcast: u64,
+    pending: Vec<Chunk<M>>,
+    remotes: BTreeMap<ReplicaId, Remote<M>>,
+    /// Digest hashes of the replicas known here; `None` when two collide.
+    hashes: BTreeMap<u32, Option<ReplicaId>>,
+    links: BTreeMap<ReplicaId, Link>,
+    next_tick: Option<Duration>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event<M>>,
+    metrics: Metrics,
+    reincarnations: VecDeque<Duration>,
+    conflict: bool,
+}
+
+impl<M: Meta> Node<M> {
+    /// A node driving `state`. Its first [`Node::handle_timeout`] sends the
+    /// first heartbeats.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration does not validate.
+    pub fn new(state: State<M>, config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let broadcast = state.counter();
+        let mut hashes = BTreeMap::new();
+        hashes.insert(id_hash(state.replica()), Some(state.replica().clone()));
+        Ok(Self {
+            state,
+            config,
+            beat: 0,
+            broadcast,
+            pending: Vec::new(),
+            remotes: BTreeMap::new(),
+            hashes,
+            links: BTreeMap::new(),
+            next_tick: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            metrics: Metrics::default(),
+            reincarnations: VecDeque::new(),
+            conflict: false,
+        })
+    }
+
+    /// The replicated state, to query.
+    pub fn state(&self) -> &State<M> {
+        &self.state
+    }
+
+    /// This replica.
+    pub fn id(&self) -> &ReplicaId {
+        self.state.replica()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The traffic counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The other replicas known here and where they stand, in id order.
+    pub fn replicas(&self) -> impl Iterator<Item = (&ReplicaId, ReplicaStatus)> {
+        self.remotes.iter().map(|(id, r)| (id, r.status))
+    }
+
+    /// The status of one replica, `None` if unknown here.
+    pub fn status(&self, replica: &ReplicaId) -> Option<ReplicaStatus> {
+        self.remotes.get(replica).map(|r| r.status)
+    }
+
+    /// How many out-of-order intervals and catch-up pieces are held,
+    /// across all replicas.
+    pub fn buffered(&self) -> usize {
+        self.remotes
+            .values()
+            .map(|r| r.buffer.len() + r.assembly.as_ref().map_or(0, |a| a.pieces.len()))
+            .sum()
+    }
+
+    // --- local mutations -------------------------------------------------
+
+    /// Tracks a presence of this replica; it is broadcast with the next
+    /// period's changes. The local diff comes out of [`Node::poll_event`].
+    ///
+    /// # Errors
+    ///
+    /// As [`State::track`]; nothing changes then.
+    pub fn track(&mut self, topic: &str, key: &str, meta: M) -> Result<PresenceId, StateError> {
+        let size = topic.len() + key.len() + encoded_meta_len(&meta)?;
+        let (id, change) = self.state.track(topic, key, meta)?;
+        let (delta, diff) = change.into_parts();
+        self.record(delta, diff, size);
+        Ok(id)
+    }
+
+    /// Replaces the meta of a presence of this replica.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::update`]; nothing changes then.
+    pub fn update(&mut self, id: &PresenceId, meta: M) -> Result<(), StateError> {
+        let size = encoded_meta_len(&meta)?;
+        let change = self.state.update(id, meta)?;
+        let (delta, diff) = change.into_parts();
+        let size = size + delta.topics.iter().map(|t| t.as_str().len()).sum::<usize>() + 256;
+        self.record(delta, diff, size);
+        Ok(())
+    }
+
+    /// Untracks a presence of this replica.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::untrack`]; nothing changes then.
+    pub fn untrack(&mut self, id: &PresenceId) -> Result<(), StateError> {
+        self.untrack_many(std::slice::from_ref(id))
+    }
+
+    /// Untracks several presences of this replica at once (a connection
+    /// closing).
+    ///
+    /// # Errors
+    ///
+    /// As [`State::untrack_many`]; nothing changes then.
+    pub fn untrack_many(&mut self, ids: &[PresenceId]) -> Result<(), StateError> {
+        let change = self.state.untrack_many(ids)?;
+        let (delta, diff) = change.into_parts();
+        self.record(delta, diff, 32 * ids.len());
+        Ok(())
+    }
+
+    /// Queues a local change: its delta joins the pending interval, its
+    /// diff goes to the application.
+    fn record(&mut self, delta: Delta<M>, diff: Diff<M>, size: usize) {
+        self.publish(diff);
+        let to = self.state.counter();
+        let limit = (self.config.max_message_bytes - ENVELOPE_MARGIN) / 2;
+        let size = size + 16;
+        match self.pending.last_mut() {
+            Some(chunk) if chunk.bytes + size <= limit => {
+                chunk.delta.join(delta);
+                chunk.to = to;
+                chunk.bytes += size;
+            }
+            last => {
+                let from = last.map_or(self.broadcast, |c| c.to);
+                self.pending.push(Chunk {
+                    from,
+                    to,
+                    delta,
+                    bytes: size,
+                });
+            }
+        }
+    }
+
+    // --- inputs ------------------------------------------------------------
+
+    /// Runs what is due at `now`: the periodic broadcast and heartbeats,
+    /// down and permdown decisions, catch-up retries.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        let period = self.config.broadcast_period;
+        if self.next_tick.is_none_or(|t| now >= t) {
+            self.flush();
+            self.beat += 1;
+            let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
+            for peer in peers {
+                self.send_heartbeat(now, &peer, false);
+            }
+            let next = self.next_tick.map_or(now, |t| t + period);
+            self.next_tick = Some(if next > now { next } else { now + period });
+        }
+        self.check_liveness(now);
+        self.check_requests(now);
+        self.request_catchups(now);
+    }
+
+    /// When [`Node::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Duration {
+        let three = self.config.broadcast_period * 3;
+        let mut next = self.next_tick.unwrap_or(Duration::ZERO);
+        for r in self.remotes.values() {
+            if let Some(lost) = r.lost_at
+                && matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining)
+            {
+                next = next.min(lost + three);
+            }
+            if let Some(req) = &r.request {
+                next = next.min(req.sent_at + self.config.catchup_timeout);
+            }
+        }
+        next
+    }
+
+    /// A transport connected to `peer` (again): heartbeats go to it from
+    /// now on, and one goes at once.
+    pub fn peer_connected(&mut self, now: Duration, peer: ReplicaId) {
+        if &peer == self.id() {
+            return;
+        }
+        self.links.insert(peer.clone(), Link::default());
+        if self.next_tick.is_some() {
+            self.send_heartbeat(now, &peer, false);
+        }
+    }
+
+    /// `peer` is no longer a peer: no more heartbeats go to it.
+    pub fn remove_peer(&mut self, peer: &ReplicaId) {
+        self.links.remove(peer);
+    }
+
+    /// The transport lost its link to `peer`. Unless a heartbeat `peer`
+    /// produced after now arrives (directly or relayed) within three
+    /// periods, `peer` is considered down then.
+    pub fn link_lost(&mut self, now: Duration, peer: &ReplicaId) {
+        if let Some(r) = self.remotes.get_mut(peer)
+            && r.lost_at.is_none()
+        {
+            r.lost_at = Some(now);
+        }
+    }
+
+    /// Leaves the cluster: broadcasts what is pending and tells every peer
+    /// to drop this replica's presences now. Send the transmits, then stop
+    /// driving this node.
+    pub fn leave(&mut self, now: Duration) {
+        self.flush();
+        let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
+        for peer in peers {
+            self.send_heartbeat(now, &peer, true);
+        }
+    }
+
+    /// A message from a peer.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a valid message, or what it carries breaks a
+    /// limit; it is counted in [`Metrics::rejected`] and nothing changes.
+    pub fn handle_message(&mut self, now: Duration, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let envelope: Envelope<M> =
+            match wire::message::decode(bytes, self.config.max_message_bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.metrics.rejected += 1;
+                    return Err(e.into());
+                }
+            };
+        let Envelope { sender, message } = envelope;
+        self.metrics.count_received(message.kind(), bytes.len());
+        if &sender == self.id() {
+            return Ok(());
+        }
+        if sender.name() == self.id().name() {
+            if sender.incarnation() > self.id().incarnation() {
+                self.superseded(now, sender.incarnation());
+            }
+            return Ok(());
+        }
+        if self.is_stale(&sender) {
+            return Ok(());
+        }
+        let result = match message {
+            Message::Heartbeat(hb) => {
+                self.on_heartbeat(now, sender, hb);
+                Ok(())
+            }
+            Message::Interval { from, to, delta } => {
+                self.on_interval(now, &sender, from, to, delta)
+            }
+            Message::CatchUpRequest { replica, since } => {
+                self.on_request(&sender, &replica, since);
+                Ok(())
+            }
+            Message::CatchUpReply(chunk) => self.on_reply(now, chunk),
+        };
+        if result.is_err() {
+            self.metrics.rejected += 1;
+        }
+        self.request_catchups(now);
+        result
+    }
+
+    // --- outputs -----------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event<M>> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, destination: Destination, message: &Message<M>) {
+        match wire::message::encode(self.state.replica(), message) {
+            Ok(bytes) => {
+                self.metrics.count_sent(message.kind(), bytes.len());
+                self.transmits.push_back(Transmit {
+                    destination,
+                    kind: message.kind(),
+                    bytes,
+                });
+            }
+            // Only a meta that stopped encoding can get here; the state
+            // checked every meta when it was tracked.
+            Err(_) => self.metrics.rejected += 1,
+        }
+    }
+
+    fn publish(&mut self, diff: Diff<M>) {
+        self.metrics.undecodable_metas += diff.undecodable();
+        if !diff.is_empty() {
+            self.events.push_back(Event::Diff(diff));
+        }
+    }
+
+    // --- broadcast and heartbeats -----------------------------------------
+
+    fn flush(&mut self) {
+        for chunk in std::mem::take(&mut self.pending) {
+            let message = Message::Interval {
+                from: chunk.from,
+                to: chunk.to,
+                delta: chunk.delta,
+            };
+            self.send(Destination::All, &message);
+            self.broadcast = chunk.to;
+        }
+    }
+
+    fn send_heartbeat(&mut self, now: Duration, peer: &ReplicaId, leaving: bool) {
+        let empty = Link::default();
+        let link = self.links.get(peer).unwrap_or(&empty);
+        let mut entries = Vec::with_capacity(self.remotes.len());
+        for (id, r) in &self.remotes {
+            if id == peer {
+                continue;
+            }
+            let state = match r.status {
+                ReplicaStatus::Purged(_) if r.status.is_dead() => {
+                    // Spread for a while; those who miss it find it down.
+                    if now.saturating_sub(r.since) >= self.config.down_period {
+                        continue;
+                    }
+                    EntryState::Dead
+                }
+                ReplicaStatus::Purged(_) => continue,
+                _ => {
+                    let held = self.held(id);
+                    let known = link.counters.get(id).copied();
+                    if held > 0 && known.is_none_or(|k| held > k) {
+                        EntryState::Counter(held)
+                    } else {
+                        EntryState::NotAhead
+                    }
+                }
+            };
+            let age = r
+                .beat_at
+                .map_or(u64::from(u32::MAX), |t| millis(now.saturating_sub(t)));
+            entries.push(DigestEntry {
+                id: if link.mentioned.contains(id) {
+                    EntryId::Hash(r.hash)
+                } else {
+                    EntryId::Full(id.clone())
+                },
+                beat: r.beat,
+                age_ms: age,
+                state,
+            });
+        }
+        let hb = Heartbeat {
+            beat: self.beat,
+            counter: self.broadcast,
+            leaving,
+            entries,
+        };
+        self.send(Destination::Replica(peer.clone()), &Message::Heartbeat(hb));
+    }
+
+    // --- receiving ---------------------------------------------------------
+
+    fn on_heartbeat(&mut self, now: Duration, sender: ReplicaId, hb: Heartbeat) {
+        if hb.leaving {
+            self.purge(now, &sender, PurgeReason::Left);
+            return;
+        }
+        if !self.learn(now, &sender) {
+            return;
+        }
+        self.links.entry(sender.clone()).or_default();
+        self.observe_beat(now, &sender, hb.beat, 0, Some(hb.counter));
+        self.note_holder(now, &sender, &sender, Some(hb.counter));
+        let mut mentioned = BTreeSet::new();
+        for entry in hb.entries {
+            let id = match entry.id {
+                EntryId::Full(id) => id,
+                EntryId::Hash(h) => match self.hashes.get(&h) {
+                    Some(Some(id)) => id.clone(),
+                    _ => continue,
+                },
+            };
+            mentioned.insert(id.clone());
+            if let EntryState::Counter(c) = entry.state
+                && let Some(link) = self.links.get_mut(&sender)
+            {
+                let known = link.counters.entry(id.clone()).or_insert(c);
+                *known = (*known).max(c);
+            }
+            if id.name() == self.id().name() {
+                if id.incarnation() > self.id().incarnation() {
+                    self.superseded(now, id.incarnation());
+                }
+                continue;
+            }
+            if self.is_stale(&id) {
+                continue;
+            }
+            if entry.state == EntryState::Dead {
+                self.purge(now, &id, PurgeReason::Left);
+                continue;
+            }
+            let fresh = entry.age_ms < millis(self.config.broadcast_period * 2);
+            // A replica first heard of through a third party is only taken
+            // up on fresh news of it.
+            let known = self.remotes.contains_key(&id) || (fresh && self.learn(now, &id));
+            if !known {
+                continue;
+            }
+            let advertised = match entry.state {
+                EntryState::Counter(c) => Some(c),
+                _ => None,
+            };
+            self.observe_beat(now, &id, entry.beat, entry.age_ms, advertised);
+            self.note_holder(now, &id, &sender, advertised);
+        }
+        if let Some(link) = self.links.get_mut(&sender) {
+            link.counters.retain(|id, _| mentioned.contains(id));
+            link.mentioned = mentioned;
+        }
+    }
+
+    fn on_interval(
+        &mut self,
+        now: Duration,
+        sender: &ReplicaId,
+        from: u64,
+        to: u64,
+        delta: Delta<M>,
+    ) -> Result<(), ProtocolError> {
+        if from >= to {
+            return Err(ProtocolError::Invalid("an interval must not be empty"));
+        }
+        let within = delta.parts.iter().all(|p| {
+            &p.replica == sender
+                && p.context.min().is_none_or(|lo| lo > from)
+                && p.context.max() <= to
+        });
+        if !within {
+            return Err(ProtocolError::Invalid(
+                "an interval holds only its sender's counters within it",
+            ));
+        }
+        let Some(r) = self.remotes.get_mut(sender) else {
+            // Not heard of yet: its heartbeat comes next, and a catch-up.
+            return Ok(());
+        };
+        if r.status.is_dead() || r.readmit || matches!(r.status, ReplicaStatus::Purged(_)) {
+            return Ok(());
+        }
+        let held = self.held(sender);
+        if to <= held {
+            return Ok(());
+        }
+        if from > held {
+            let r = self.remotes.get_mut(sender).expect("checked above");
+            if r.buffer.len() < self.config.max_buffered_intervals {
+                r.buffer.insert(from, (to, delta));
+            } else {
+                self.metrics.intervals_dropped += 1;
+            }
+            return Ok(());
+        }
+        let diff = self.state.merge(delta)?;
+        self.publish(diff);
+        self.after_merge(now, sender);
+        Ok(())
+    }
+
+    fn on_request(&mut self, requester: &ReplicaId, replica: &ReplicaId, since: u64) {
+        let held = self.held(replica);
+        let showable = replica == self.id()
+            || self
+                .remotes
+                .get(replica)
+                .is_some_and(|r| !matches!(r.status, ReplicaStatus::Purged(_)));
+        if !showable || held <= since {
+            return;
+        }
+        let delta = match self.state.changes_since(replica, since) {
+            Some(d) => d,
+            None => {
+                self.metrics.full_transfers_served += 1;
+                match self.state.snapshot_of(replica) {
+                    Some(d) => d,
+                    None => return,
+                }
+            }
+        };
+        let Ok(bytes) = wire::encode(&delta) else {
+            return;
+        };
+        if bytes.len() > self.config.max_catchup_bytes {
+            return;
+        }
+        self.metrics.catchups_served += 1;
+        let piece = self.config.max_message_bytes - ENVELOPE_MARGIN;
+        let total = bytes.len() as u64;
+        for (i, part) in bytes.chunks(piece).enumerate() {
+            let chunk = ReplyChunk {
+                replica: replica.clone(),
+                since,
+                to: held,
+                total,
+                offset: (i * piece) as u64,
+                bytes: part.to_vec(),
+            };
+            self.send(
+                Destination::Replica(requester.clone()),
+                &Message::CatchUpReply(chunk),
+            );
+        }
+    }
+
+    fn on_reply(&mut self, now: Duration, chunk: ReplyChunk) -> Result<(), ProtocolError> {
+        let ReplyChunk {
+            replica,
+            since,
+            to,
+            total,
+            offset,
+            bytes,
+        } = chunk;
+        let end = offset.checked_add(bytes.len() as u64);
+        if total > self.config.max_catchup_bytes as u64 || end.is_none_or(|e| e > total) {
+            return Err(ProtocolError::Invalid(
+                "a catch-up piece lies outside its answer",
+            ));
+        }
+        if since >= to {
+            return Err(ProtocolError::Invalid(
+                "a catch-up answer must not be empty",
+            ));
+        }
+        let Some(r) = self.remotes.get_mut(&replica) else {
+            return Ok(());
+        };
+        let same = r
+            .assembly
+            .as_ref()
+            .is_some_and(|a| a.since == since && a.to == to && a.total == total);
+        if !same {
+            r.assembly = Some(Assembly {
+                since,
+                to,
+                total,
+                pieces: BTreeMap::new(),
+            });
+        }
+        let assembly = r.assembly.as_mut().expect("set above");
+        let stored: u64 = assembly.pieces.values().map(|p| p.len() as u64).sum();
+        if stored + bytes.len() as u64 > total.saturating_mul(2) {
+            r.assembly = None;
+            return Err(ProtocolError::Invalid("catch-up pieces overlap too much"));
+        }
+        let Some(whole) = assembly.add(offset, bytes) else {
+            return Ok(());
+        };
+        r.assembly = None;
+        let delta: Delta<M> = wire::decode_with_limit(&whole, self.config.max_catchup_bytes)?;
+        let exact = delta.parts.iter().all(|p| {
+            p.replica == replica && p.context.ranges().len() == 1 && p.context.max() == to
+        });
+        if !exact || delta.parts.len() != 1 {
+            return Err(ProtocolError::Invalid(
+                "a catch-up answer holds one replica's counters up to its end",
+            ));
+        }
+        let lowest = delta.parts[0].context.min().unwrap_or(1);
+        self.apply_catchup(now, &replica, since, to, lowest, delta)
+    }
+
+    fn apply_catchup(
+        &mut self,
+        now: Duration,
+        replica: &ReplicaId,
+        since: u64,
+        to: u64,
+        lowest: u64,
+        delta: Delta<M>,
+    ) -> Result<(), ProtocolError> {
+        let held = self.held(replica);
+        let r = self
+            .remotes
+            .get_mut(replica)
+            .expect("checked by the caller");
+        r.request = None;
+        if r.readmit {
+            if since != 0 || lowest != 1 || to < r.target {
+                return Ok(());
+            }
+            let diff = self.state.readmit(delta)?;
+            let r = self
+                .remotes
+                .get_mut(replica)
+                .expect("checked by the caller");
+            r.readmit = false;
+            r.tried.clear();
+            r.set_status(ReplicaStatus::Up, now);
+            self.publish(diff);
+            self.events.push_back(Event::ReplicaUp(replica.clone()));
+            self.after_merge(now, replica);
+            return Ok(());
+        }
+        if r.status.is_dead() || matches!(r.status, ReplicaStatus::Purged(_)) {
+            return Ok(());
+        }
+        // Only an answer that extends what is held keeps the view a prefix.
+        if to <= held || lowest > held + 1 {
+            return Ok(());
+        }
+        r.tried.clear();
+        let diff = self.state.merge(delta)?;
+        self.publish(diff);
+        self.after_merge(now, replica);
+        Ok(())
+    }
+
+    /// After merging data of `replica`: apply the intervals it unblocked,
+    /// show it if it caught up, and handle a newer incarnation of our name.
+    fn after_merge(&mut self, now: Duration, replica: &ReplicaId) {
+        loop {
+            let held = self.held(replica);
+            let Some(r) = self.remotes.get_mut(replica) else {
+                break;
+            };
+            let Some(entry) = r.buffer.first_entry() else {
+                break;
+            };
+            if *entry.key() > held {
+                break;
+            }
+            let (to, delta) = entry.remove();
+            if to > held {
+                match self.state.merge(delta) {
+                    Ok(diff) => self.publish(diff),
+                    Err(_) => self.metrics.rejected += 1,
+                }
+            }
+        }
+        let held = self.held(replica);
+        if let Some(r) = self.remotes.get_mut(replica) {
+            r.holders.retain(|_, (c, _)| *c > held);
+        }
+        self.try_show(now, replica);
+        if let Some(newer) = self.state.superseded_by() {
+            self.superseded(now, newer);
+        }
+    }
+
+    // --- liveness ----------------------------------------------------------
+
+    /// Starts tracking a replica heard of for the first time, hidden.
+    /// Older incarnations of its name are purged. False when it is stale
+    /// or cannot be held.
+    fn learn(&mut self, now: Duration, id: &ReplicaId) -> bool {
+        if self.remotes.contains_key(id) {
+            return true;
+        }
+        if self.is_stale(id) {
+            return false;
+        }
+        let older: Vec<ReplicaId> = self
+            .remotes
+            .iter()
+            .filter(|(other, r)| other.name() == id.name() && *other < id && !r.status.is_dead())
+            .map(|(other, _)| other.clone())
+            .collect();
+        for old in older {
+            self.purge(now, &old, PurgeReason::Superseded);
+        }
+        if self.state.hide(id).is_err() {
+            self.metrics.rejected += 1;
+            return false;
+        }
+        let hash = id_hash(id);
+        self.hashes
+            .entry(hash)
+            .and_modify(|slot| *slot = None)
+            .or_insert_with(|| Some(id.clone()));
+        self.remotes.insert(id.clone(), Remote::new(hash, now));
+        true
+    }
+
+    /// Data about `id` is to be ignored: it left, was replaced, or a newer
+    /// incarnation of its name is known.
+    fn is_stale(&self, id: &ReplicaId) -> bool {
+        if self.remotes.get(id).is_some_and(|r| r.status.is_dead()) {
+            return true;
+        }
+        let newer = self
+            .remotes
+            .range(id.clone()..)
+            .skip(1)
+            .take_while(|(other, _)| other.name() == id.name())
+            .next()
+            .is_some();
+        newer
+            || self
+                .state
+                .purged()
+                .any(|(p, rec)| p == id && rec.reason != PurgeReason::Permdown)
+    }
+
+    /// A heartbeat number of `id`, `age_ms` old. Only a number above the
+    /// one known counts, and only when fresh is it a sign of life.
+    fn observe_beat(
+        &mut self,
+        now: Duration,
+        id: &ReplicaId,
+        beat: u64,
+        age_ms: u64,
+        advertised: Option<u64>,
+    ) {
+        let fresh_limit = millis(self.config.broadcast_period * 2);
+        let held = self.held(id);
+        let Some(r) = self.remotes.get_mut(id) else {
+            return;
+        };
+        if beat <= r.beat {
+            return;
+        }
+        let produced = now.saturating_sub(Duration::from_millis(age_ms));
+        r.beat = beat;
+        r.beat_at = Some(produced);
+        if age_ms >= fresh_limit {
+            return;
+        }
+        r.alive_at = Some(r.alive_at.map_or(produced, |a| a.max(produced)));
+        if r.lost_at.is_some_and(|lost| produced > lost) {
+            r.lost_at = None;
+        }
+        let target = advertised.unwrap_or(0).max(held);
+        match r.status {
+            ReplicaStatus::Down => {
+                r.target = target;
+                r.set_status(ReplicaStatus::Joining, now);
+            }
+            ReplicaStatus::Purged(PurgeReason::Permdown) if !r.readmit => {
+                let purged_at = self
+                    .state
+                    .purged()
+                    .find(|(p, _)| *p == id)
+                    .map_or(0, |(_, rec)| rec.counter);
+                r.target = target.max(purged_at);
+                r.readmit = true;
+                r.set_status(ReplicaStatus::Joining, now);
+            }
+            _ => {}
+        }
+        self.try_show(now, id);
+    }
+
+    /// Remembers that `holder` holds `id` up to `counter` (`None`: not
+    /// ahead of us).
+    fn note_holder(
+        &mut self,
+        now: Duration,
+        id: &ReplicaId,
+        holder: &ReplicaId,
+        counter: Option<u64>,
+    ) {
+        let held = self.held(id);
+        let Some(r) = self.remotes.get_mut(id) else {
+            return;
+        };
+        match counter {
+            Some(c) if c > held => {
+                let since = r.holders.get(holder).map_or(now, |(_, s)| *s);
+                r.holders.insert(holder.clone(), (c, since));
+            }
+            _ => {
+                r.holders.remove(holder);
+            }
+        }
+    }
+
+    /// Shows a joining replica once its sub-state here reached the counter
+    /// it advertised when it came back.
+    fn try_show(&mut self, now: Duration, id: &ReplicaId) {
+        let held = self.held(id);
+        let Some(r) = self.remotes.get_mut(id) else {
+            return;
+        };
+        if r.status != ReplicaStatus::Joining || r.readmit || held < r.target {
+            return;
+        }
+        r.set_status(ReplicaStatus::Up, now);
+        match self.state.unhide(id) {
+            Ok(diff) => self.publish(diff),
+            Err(_) => self.metrics.rejected += 1,
+        }
+        self.events.push_back(Event::ReplicaUp(id.clone()));
+    }
+
+    fn check_liveness(&mut self, now: Duration) {
+        let three = self.config.broadcast_period * 3;
+        let mut down = Vec::new();
+        let mut purge = Vec::new();
+        let mut forget = Vec::new();
+        for (id, r) in &self.remotes {
+            let silent = now.saturating_sub(r.last_alive());
+            match r.status {
+                ReplicaStatus::Up | ReplicaStatus::Joining => {
+                    let lost = r
+                        .lost_at
+                        .is_some_and(|t| now >= t + three && r.last_alive() <= t);
+                    if silent >= self.config.down_period || lost {
+                        down.push(id.clone());
+                    }
+                }
+                ReplicaStatus::Down => {
+                    if silent >= self.config.permdown_period {
+                        purge.push(id.clone());
+                    }
+                }
+                ReplicaStatus::Purged(_) => {
+                    if now.saturating_sub(r.since) >= self.config.tombstone_ttl {
+                        forget.push(id.clone());
+                    }
+                }
+            }
+        }
+        for id in down {
+            self.mark_down(now, &id);
+        }
+        for id in purge {
+            self.purge(now, &id, PurgeReason::Permdown);
+        }
+        for id in forget {
+            self.state.forget_purged(&id);
+            if let Some(r) = self.remotes.remove(&id)
+                && self.hashes.get(&r.hash) == Some(&Some(id.clone()))
+            {
+                self.hashes.remove(&r.hash);
+            }
+        }
+    }
+
+    fn mark_down(&mut self, now: Duration, id: &ReplicaId) {
+        let Some(r) = self.remotes.get_mut(id) else {
+            return;
+        };
+        r.lost_at = None;
+        if r.readmit {
+            // It came back from a purge and went silent again before its
+            // sub-state arrived: still purged.
+            r.readmit = false;
+            r.clear_transit();
+            r.set_status(ReplicaStatus::Purged(PurgeReason::Permdown), now);
+            return;
+        }
+        r.set_status(ReplicaStatus::Down, now);
+        match self.state.hide(id) {
+            Ok(diff) => self.publish(diff),
+            Err(_) => self.metrics.rejected += 1,
+        }
+        self.events.push_back(Event::ReplicaDown(id.clone()));
+    }
+
+    fn purge(&mut self, now: Duration, id: &ReplicaId, reason: PurgeReason) {
+        if !self.learn_dead(now, id) {
+            return;
+        }
+        let r = self.remotes.get_mut(id).expect("learnt above");
+        if r.status == ReplicaStatus::Purged(reason) || r.status.is_dead() {
+            return;
+        }
+        r.clear_transit();
+        r.readmit = false;
+        r.lost_at = None;
+        r.set_status(ReplicaStatus::Purged(reason), now);
+        if let Ok(diff) = self.state.purge(id, reason) {
+            self.publish(diff);
+        }
+        if reason != PurgeReason::Permdown {
+            self.links.remove(id);
+        }
+        for other in self.remotes.values_mut() {
+            other.holders.remove(id);
+        }
+        self.events
+            .push_back(Event::ReplicaPurged(id.clone(), reason));
+    }
+
+    /// Makes sure a record exists for `id` so its death can be kept, even
+    /// when it was never known here.
+    fn learn_dead(&mut self, now: Duration, id: &ReplicaId) -> bool {
+        if self.remotes.contains_key(id) {
+            return true;
+        }
+        if id.name() == self.id().name() {
+            return false;
+        }
+        let hash = id_hash(id);
+        self.hashes.entry(hash).or_insert_with(|| Some(id.clone()));
+        self.remotes.insert(id.clone(), Remote::new(hash, now));
+        true
+    }
+
+    // --- catch-ups ---------------------------------------------------------
+
+    /// Asks one holder that is ahead for each replica this one is behind
+    /// on, one request per replica at a time.
+    fn request_catchups(&mut self, now: Duration) {
+        let period = self.config.broadcast_period;
+        let mut requests = Vec::new();
+        for (id, r) in &self.remotes {
+            if r.request.is_some() || r.status.is_dead() {
+                continue;
+            }
+            if matches!(r.status, ReplicaStatus::Purged(_)) && !r.readmit {
+                continue;
+            }
+            let held = if r.readmit { 0 } else { self.held(id) };
+            let needed = if r.readmit { r.target.max(1) } else { held + 1 };
+            // The owner's word is acted on at once; a third party's after a
+            // period, when the owner's own interval had time to arrive.
+            let ready = |holder: &ReplicaId, c: u64, seen: Duration| {
+                c >= needed && (holder == id || now.saturating_sub(seen) >= period)
+            };
+            let mut candidates: Vec<(&ReplicaId, u64)> = r
+                .holders
+                .iter()
+                .filter(|(h, (c, seen))| ready(h, *c, *seen))
+                .map(|(h, (c, _))| (h, *c))
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            candidates.retain(|(h, _)| !r.tried.contains(*h));
+            // The most advanced holder; the smallest id among equals.
+            candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            let holder = candidates.first().map(|(h, _)| (*h).clone());
+            requests.push((id.clone(), holder, held));
+        }
+        for (id, holder, since) in requests {
+            let Some(holder) = holder else {
+                // Everyone was tried: start over.
+                if let Some(r) = self.remotes.get_mut(&id) {
+                    r.tried.clear();
+                }
+                continue;
+            };
+            let message = Message::CatchUpRequest {
+                replica: id.clone(),
+                since,
+            };
+            self.send(Destination::Replica(holder.clone()), &message);
+            self.metrics.catchups_requested += 1;
+            if let Some(r) = self.remotes.get_mut(&id) {
+                r.request = Some(Request {
+                    holder,
+                    sent_at: now,
+                });
+            }
+        }
+    }
+
+    /// Gives up on requests unanswered for `catchup_timeout`; the next
+    /// holder is asked.
+    fn check_requests(&mut self, now: Duration) {
+        for r in self.remotes.values_mut() {
+            if let Some(req) = &r.request
+                && now.saturating_sub(req.sent_at) >= self.config.catchup_timeout
+            {
+                r.tried.insert(req.holder.clone());
+                r.request = None;
+                r.assembly = None;
+            }
+        }
+    }
+
+    // --- incarnations ------------------------------------------------------
+
+    /// A newer incarnation of this replica's name exists: move above it,
+    /// unless that keeps happening (two processes share the name).
+    fn superseded(&mut self, now: Duration, newer: Incarnation) {
+        if self.conflict || newer <= self.id().incarnation() {
+            return;
+        }
+        while self
+            .reincarnations
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) > self.config.down_period)
+        {
+            self.reincarnations.pop_front();
+        }
+        if self.reincarnations.len() >= 3 {
+            self.conflict = true;
+            self.events
+                .push_back(Event::NameConflict(self.id().clone()));
+            return;
+        }
+        let current = self.id().incarnation();
+        let nonce = current.nonce().wrapping_mul(0x9e37_79b9).wrapping_add(1);
+        let started = newer.started_ms().max(current.started_ms()) + 1;
+        let Ok(moved) = self.state.reincarnate(Incarnation::new(started, nonce)) else {
+            return;
+        };
+        self.reincarnations.push_back(now);
+        self.pending.clear();
+        // Peers catch up on the new incarnation from its heartbeats.
+        self.broadcast = self.state.counter();
+        let id = self.id().clone();
+        self.hashes.insert(id_hash(&id), Some(id.clone()));
+        self.events.push_back(Event::Reincarnated {
+            replica: id,
+            renamed: moved.renamed,
+        });
+    }
+
+    /// The counter up to which `id`'s sub-state is held here.
+    fn held(&self, id: &ReplicaId) -> u64 {
+        if id == self.id() {
+            return self.state.counter();
+        }
+        self.state.context(id).map_or(0, |c| c.contiguous_prefix())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,160 @@
+//! What a replica knows of another: its liveness, how far it is held here,
+//! who holds more of it, and the pieces of it in transit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::state::{Delta, PurgeReason, ReplicaId};
+
+/// Where another replica stands, as seen from this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicaStatus {
+    /// Alive, and being caught up: its presences are hidden until its
+    /// sub-state here reaches the counter it advertised.
+    Joining,
+    /// Alive and listed.
+    Up,
+    /// No sign of life lately: its presences are hidden, its entries kept.
+    Down,
+    /// Its entries are gone; a purge record stays.
+    Purged(PurgeReason),
+}
+
+impl ReplicaStatus {
+    /// Dead for good: it left or a newer incarnation replaced it.
+    pub(crate) fn is_dead(self) -> bool {
+        matches!(
+            self,
+            ReplicaStatus::Purged(PurgeReason::Left | PurgeReason::Superseded)
+        )
+    }
+}
+
+pub(crate) struct Remote<M> {
+    pub(crate) status: ReplicaStatus,
+    /// When `status` last changed.
+    pub(crate) since: Duration,
+    /// A stable hash of its id, how digests name it once a link knows it.
+    pub(crate) hash: u32,
+    /// Its greatest heartbeat number seen, and when it was produced as
+    /// reckoned here (arrival time minus the age it came with).
+    pub(crate) beat: u64,
+    pub(crate) beat_at: Option<Duration>,
+    /// The production time of its last heartbeat that counted as a sign of
+    /// life.
+    pub(crate) alive_at: Option<Duration>,
+    /// When a transport reported the link to it lost, until a heartbeat it
+    /// produced after that arrives.
+    pub(crate) lost_at: Option<Duration>,
+    /// The counter to reach before it is shown (while joining).
+    pub(crate) target: u64,
+    /// It was purged (permdown) and came back: a whole sub-state is needed.
+    pub(crate) readmit: bool,
+    /// Replicas known to hold more of it than this one: their counter and
+    /// since when they are known to be ahead.
+    pub(crate) holders: BTreeMap<ReplicaId, (u64, Duration)>,
+    pub(crate) request: Option<Request>,
+    /// Holders already asked in vain since the last successful catch-up.
+    pub(crate) tried: BTreeSet<ReplicaId>,
+    /// Intervals that arrived before an earlier one: `from -> (to, delta)`.
+    pub(crate) buffer: BTreeMap<u64, (u64, Delta<M>)>,
+    pub(crate) assembly: Option<Assembly>,
+}
+
+impl<M> Remote<M> {
+    pub(crate) fn new(hash: u32, now: Duration) -> Self {
+        Self {
+            status: ReplicaStatus::Down,
+            since: now,
+            hash,
+            beat: 0,
+            beat_at: None,
+            alive_at: None,
+            lost_at: None,
+            target: 0,
+            readmit: false,
+            holders: BTreeMap::new(),
+            request: None,
+            tried: BTreeSet::new(),
+            buffer: BTreeMap::new(),
+            assembly: None,
+        }
+    }
+
+    pub(crate) fn set_status(&mut self, status: ReplicaStatus, now: Duration) {
+        self.status = status;
+        self.since = now;
+    }
+
+    /// The last time it was known alive, or first heard of.
+    pub(crate) fn last_alive(&self) -> Duration {
+        self.alive_at.unwrap_or(self.since)
+    }
+
+    /// Forgets what is in transit about it.
+    pub(crate) fn clear_transit(&mut self) {
+        self.holders.clear();
+        self.request = None;
+        self.tried.clear();
+        self.buffer.clear();
+        self.assembly = None;
+    }
+}
+
+/// An outstanding catch-up request.
+pub(crate) struct Request {
+    pub(crate) holder: ReplicaId,
+    pub(crate) sent_at: Duration,
+}
+
+/// A catch-up answer arriving in pieces.
+pub(crate) struct Assembly {
+    pub(crate) since: u64,
+    pub(crate) to: u64,
+    pub(crate) total: u64,
+    pub(crate) pieces: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Assembly {
+    /// Adds a piece; the whole answer once every byte has arrived.
+    pub(crate) fn add(&mut self, offset: u64, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        self.pieces.insert(offset, bytes);
+        let mut next = 0u64;
+        for (&at, piece) in &self.pieces {
+            if at > next {
+                return None;
+            }
+            next = next.max(at + piece.len() as u64);
+        }
+        if next < self.total {
+            return None;
+        }
+        let mut whole = Vec::with_capacity(self.total as usize);
+        for (&at, piece) in &self.pieces {
+            let skip = (whole.len() as u64).saturating_sub(at) as usize;
+            if skip < piece.len() {
+                whole.extend_from_slice(&piece[skip..]);
+            }
+        }
+        whole.truncate(self.total as usize);
+        Some(whole)
+    }
+}
+
+/// A hash of a replica id that is the same in every process and build:
+/// FNV-1a over the name, the start time and the nonce.
+pub(crate) fn id_hash(id: &ReplicaId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    };
+    eat(id.name().as_str().as_bytes());
+    eat(&[0xff]);
+    eat(&id.incarnation().started_ms().to_le_bytes());
+    eat(&id.incarnation().nonce().to_le_bytes());
+    h
+}
