@@ -130,6 +130,7 @@ pub enum ProtocolError {
 }
 
 /// Changes of this replica not broadcast yet: the counters `(from, to]`.
+#[derive(Clone)]
 struct Chunk<M> {
     from: u64,
     to: u64,
@@ -139,7 +140,7 @@ struct Chunk<M> {
 }
 
 /// What the last heartbeat from a peer said it knows.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Link {
     /// The replicas it named.
     mentioned: BTreeSet<ReplicaId>,
@@ -151,6 +152,7 @@ struct Link {
 const ENVELOPE_MARGIN: usize = 1024;
 
 /// One replica's protocol. See the [module docs](self).
+#[derive(Clone)]
 pub struct Node<M> {
     state: State<M>,
     config: Config,
@@ -337,16 +339,21 @@ impl<M: Meta> Node<M> {
         self.request_catchups(now);
     }
 
-    /// When [`Node::handle_timeout`] should run next.
+    /// When [`Node::handle_timeout`] should run next: the next period, or
+    /// an earlier deadline (a peer going down, a request timing out).
     pub fn poll_timeout(&self) -> Duration {
         let three = self.config.broadcast_period * 3;
         let mut next = self.next_tick.unwrap_or(Duration::ZERO);
         for r in self.remotes.values() {
-            if let Some(lost) = r.lost_at
-                && matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining)
-            {
-                next = next.min(lost + three);
-            }
+            let deadline = match r.status {
+                ReplicaStatus::Up | ReplicaStatus::Joining => {
+                    let silent = r.last_alive() + self.config.down_period;
+                    r.lost_at.map_or(silent, |lost| silent.min(lost + three))
+                }
+                ReplicaStatus::Down => r.last_alive() + self.config.permdown_period,
+                ReplicaStatus::Purged(_) => r.since + self.config.tombstone_ttl,
+            };
+            next = next.min(deadline);
             if let Some(req) = &r.request {
                 next = next.min(req.sent_at + self.config.catchup_timeout);
             }
@@ -982,13 +989,18 @@ impl<M: Meta> Node<M> {
         let mut down = Vec::new();
         let mut purge = Vec::new();
         let mut forget = Vec::new();
-        for (id, r) in &self.remotes {
+        for (id, r) in &mut self.remotes {
             let silent = now.saturating_sub(r.last_alive());
             match r.status {
                 ReplicaStatus::Up | ReplicaStatus::Joining => {
-                    let lost = r
-                        .lost_at
-                        .is_some_and(|t| now >= t + three && r.last_alive() <= t);
+                    let mut lost = false;
+                    if let Some(t) = r.lost_at
+                        && now >= t + three
+                    {
+                        // No heartbeat it produced after the report came.
+                        lost = r.last_alive() <= t;
+                        r.lost_at = None;
+                    }
                     if silent >= self.config.down_period || lost {
                         down.push(id.clone());
                     }

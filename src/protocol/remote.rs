@@ -31,6 +31,7 @@ impl ReplicaStatus {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Remote<M> {
     pub(crate) status: ReplicaStatus,
     /// When `status` last changed.
@@ -103,12 +104,14 @@ impl<M> Remote<M> {
 }
 
 /// An outstanding catch-up request.
+#[derive(Clone)]
 pub(crate) struct Request {
     pub(crate) holder: ReplicaId,
     pub(crate) sent_at: Duration,
 }
 
 /// A catch-up answer arriving in pieces.
+#[derive(Clone)]
 pub(crate) struct Assembly {
     pub(crate) since: u64,
     pub(crate) to: u64,

@@ -1,0 +1,759 @@
+//! A deterministic cluster simulator over the sans-IO protocol.
+//!
+//! N hosts run one [`Node`] each on a virtual clock. A seeded generator
+//! decides everything random: which messages the network drops, duplicates
+//! or delays (and so reorders), the mutations, the faults. The same seed
+//! gives the same run, event for event: [`Sim::trace`] is a hash of every
+//! delivery and every event, compared across two runs in the tests.
+//!
+//! Next to the nodes the simulator keeps the ground truth (the presences
+//! tracked and not untracked on hosts that are running), each host's diffs
+//! replayed from empty, and each replica's own sub-state at every counter,
+//! so the tests can check lists, diffs and prefix views against them.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use attendance::protocol::{Config, Destination, Event, MessageKind, Node, ReplicaStatus};
+use attendance::{Diff, Incarnation, PresenceId, ReplicaId, ReplicaName, State};
+
+/// The meta of simulated presences.
+pub type M = u32;
+
+/// One presence as lists show it: topic, key, id, meta.
+pub type Row = (String, String, PresenceId, M);
+
+/// SplitMix64: small, fast, and the same everywhere.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let span = (hi - lo).as_micros() as u64;
+        lo + Duration::from_micros(if span == 0 { 0 } else { self.below(span + 1) })
+    }
+}
+
+/// What the network does to each message on each link.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Tell both ends when a link is cut and when a host crashes, as a
+    /// transport would, after `report_delay`.
+    pub report_losses: bool,
+    pub report_delay: Duration,
+}
+
+impl Network {
+    /// A network that loses nothing, with 1-20 ms of delay.
+    pub fn reliable() -> Self {
+        Network {
+            drop: 0.0,
+            duplicate: 0.0,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(20),
+            report_losses: true,
+            report_delay: Duration::from_millis(50),
+        }
+    }
+
+    /// Drops, duplicates and reorders.
+    pub fn lossy() -> Self {
+        Network {
+            drop: 0.05,
+            duplicate: 0.05,
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(300),
+            ..Network::reliable()
+        }
+    }
+}
+
+/// Traffic the network carried, per kind, counting every copy delivered
+/// to a host.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic {
+    pub messages: BTreeMap<MessageKind, u64>,
+    pub bytes: BTreeMap<MessageKind, u64>,
+}
+
+impl Traffic {
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.values().sum()
+    }
+
+    pub fn total_messages(&self) -> u64 {
+        self.messages.values().sum()
+    }
+}
+
+struct Packet {
+    from: usize,
+    to: usize,
+    bytes: Arc<Vec<u8>>,
+    kind: MessageKind,
+}
+
+enum Due {
+    Deliver(Packet),
+    LinkLost { at: usize, peer: ReplicaId },
+}
+
+pub struct Host {
+    pub name: String,
+    pub node: Option<Node<M>>,
+    /// The diffs this host published, replayed from empty.
+    pub replay: BTreeMap<(String, PresenceId), (String, M)>,
+    /// Its own live presences (to untrack or update).
+    own: Vec<PresenceId>,
+    pub crashed_at: Option<Duration>,
+    pub incarnations: u32,
+}
+
+pub struct Sim {
+    pub now: Duration,
+    pub rng: Rng,
+    pub config: Config,
+    pub network: Network,
+    pub hosts: Vec<Host>,
+    due: BTreeMap<(Duration, u64), Due>,
+    seq: u64,
+    /// Directed links that carry nothing: `(from, to)`.
+    blocked: BTreeSet<(usize, usize)>,
+    /// Presences tracked and not untracked on running hosts.
+    pub truth: BTreeMap<PresenceId, (String, String, M)>,
+    /// Each replica's own presences at each of its counters.
+    history: BTreeMap<ReplicaId, BTreeMap<u64, Arc<BTreeSet<Row>>>>,
+    /// The greatest counter of R each host has shown while R was visible.
+    shown: BTreeMap<(usize, ReplicaId), u64>,
+    pub traffic: Traffic,
+    pub check_prefixes: bool,
+    /// Print every event (`ATTENDANCE_SIM_LOG=1`).
+    pub log: bool,
+    trace: u64,
+    pub topics: Vec<String>,
+    pub keys: u64,
+}
+
+/// The incarnation start time of the first hosts; restarts add the
+/// virtual time, so a restart is always newer.
+const EPOCH_MS: u64 = 1_700_000_000_000;
+
+impl Sim {
+    pub fn new(seed: u64, hosts: usize, config: Config, network: Network) -> Self {
+        let mut sim = Sim {
+            now: Duration::ZERO,
+            rng: Rng::new(seed),
+            config,
+            network,
+            hosts: Vec::new(),
+            due: BTreeMap::new(),
+            seq: 0,
+            blocked: BTreeSet::new(),
+            truth: BTreeMap::new(),
+            history: BTreeMap::new(),
+            shown: BTreeMap::new(),
+            traffic: Traffic::default(),
+            check_prefixes: false,
+            log: std::env::var_os("ATTENDANCE_SIM_LOG").is_some(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            topics: (0..3).map(|t| format!("room:{t}")).collect(),
+            keys: 8,
+        };
+        for i in 0..hosts {
+            sim.hosts.push(Host {
+                name: format!("n{i}"),
+                node: None,
+                replay: BTreeMap::new(),
+                own: Vec::new(),
+                crashed_at: None,
+                incarnations: 0,
+            });
+            sim.boot(i);
+        }
+        sim
+    }
+
+    pub fn id(&self, host: usize) -> Option<ReplicaId> {
+        self.hosts[host].node.as_ref().map(|n| n.id().clone())
+    }
+
+    pub fn node(&self, host: usize) -> &Node<M> {
+        self.hosts[host].node.as_ref().expect("host is running")
+    }
+
+    pub fn is_up(&self, host: usize) -> bool {
+        self.hosts[host].node.is_some()
+    }
+
+    pub fn trace(&self) -> u64 {
+        self.trace
+    }
+
+    fn mix(&mut self, words: &[u64]) {
+        for w in words {
+            for b in w.to_le_bytes() {
+                self.trace ^= u64::from(b);
+                self.trace = self.trace.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+
+    // --- hosts ---------------------------------------------------------
+
+    fn boot(&mut self, host: usize) {
+        let h = &mut self.hosts[host];
+        h.incarnations += 1;
+        let started = EPOCH_MS + self.now.as_millis() as u64;
+        let nonce = self.rng.next_u64() as u32;
+        let id = ReplicaId::new(
+            ReplicaName::new(&h.name).expect("valid name"),
+            Incarnation::new(started, nonce),
+        );
+        let node = Node::new(State::new(id.clone()), self.config.clone()).expect("valid config");
+        h.node = Some(node);
+        h.replay.clear();
+        h.own.clear();
+        h.crashed_at = None;
+        self.shown.retain(|(h, _), _| *h != host);
+        self.history
+            .entry(id.clone())
+            .or_default()
+            .insert(0, Arc::new(BTreeSet::new()));
+        // Transports connect both ways.
+        for other in 0..self.hosts.len() {
+            if other == host || !self.is_up(other) {
+                continue;
+            }
+            let other_id = self.id(other).expect("running");
+            let now = self.now;
+            if let Some(n) = self.hosts[host].node.as_mut() {
+                n.peer_connected(now, other_id);
+            }
+            if let Some(n) = self.hosts[other].node.as_mut() {
+                n.peer_connected(now, id.clone());
+            }
+            self.drain(other);
+        }
+        self.drain(host);
+    }
+
+    /// Kills a host: its memory is lost. Peers hear of the lost links.
+    pub fn crash(&mut self, host: usize) {
+        let Some(node) = self.hosts[host].node.take() else {
+            return;
+        };
+        if self.log {
+            eprintln!("{:?} host {host} crashes", self.now);
+        }
+        let id = node.id().clone();
+        self.hosts[host].crashed_at = Some(self.now);
+        self.truth.retain(|pid, _| pid.replica() != &id);
+        self.mix(&[1, host as u64]);
+        if self.network.report_losses {
+            for other in 0..self.hosts.len() {
+                if other != host && self.is_up(other) {
+                    let at = self.now + self.network.report_delay;
+                    self.schedule(
+                        at,
+                        Due::LinkLost {
+                            at: other,
+                            peer: id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts a crashed host again, as a new incarnation.
+    pub fn restart(&mut self, host: usize) {
+        if self.is_up(host) {
+            return;
+        }
+        self.mix(&[2, host as u64]);
+        self.boot(host);
+    }
+
+    /// A graceful shutdown: the host tells its peers and stops.
+    pub fn shut_down(&mut self, host: usize) {
+        let now = self.now;
+        if let Some(n) = self.hosts[host].node.as_mut() {
+            n.leave(now);
+        }
+        self.drain(host);
+        let id = self.id(host).expect("running");
+        self.hosts[host].node = None;
+        self.hosts[host].crashed_at = Some(now);
+        self.truth.retain(|pid, _| pid.replica() != &id);
+    }
+
+    // --- the network -----------------------------------------------------
+
+    /// Cuts the link from `a` to `b` (one way).
+    pub fn cut_one_way(&mut self, a: usize, b: usize) {
+        self.blocked.insert((a, b));
+    }
+
+    /// Cuts `a`–`b` both ways; both ends hear of it when losses are
+    /// reported.
+    pub fn cut(&mut self, a: usize, b: usize) {
+        self.blocked.insert((a, b));
+        self.blocked.insert((b, a));
+        if self.network.report_losses {
+            let at = self.now + self.network.report_delay;
+            for (x, y) in [(a, b), (b, a)] {
+                if let Some(peer) = self.id(y) {
+                    self.schedule(at, Due::LinkLost { at: x, peer });
+                }
+            }
+        }
+    }
+
+    /// Splits the hosts into groups that cannot talk to each other.
+    pub fn partition(&mut self, groups: &[Vec<usize>]) {
+        for (i, g) in groups.iter().enumerate() {
+            for other in &groups[i + 1..] {
+                for &a in g {
+                    for &b in other {
+                        self.cut(a, b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restores every link; the transports reconnect.
+    pub fn heal(&mut self) {
+        let cut: Vec<(usize, usize)> = std::mem::take(&mut self.blocked).into_iter().collect();
+        let now = self.now;
+        for (a, b) in cut {
+            let Some(b_id) = self.id(b) else { continue };
+            if let Some(n) = self.hosts[a].node.as_mut() {
+                n.peer_connected(now, b_id);
+            }
+            self.drain(a);
+        }
+    }
+
+    fn schedule(&mut self, at: Duration, due: Due) {
+        self.seq += 1;
+        self.due.insert((at, self.seq), due);
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: Arc<Vec<u8>>, kind: MessageKind) {
+        if self.rng.chance(self.network.drop) {
+            return;
+        }
+        let copies = if self.rng.chance(self.network.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self
+                .rng
+                .between(self.network.min_delay, self.network.max_delay);
+            let at = self.now + delay;
+            let packet = Packet {
+                from,
+                to,
+                bytes: bytes.clone(),
+                kind,
+            };
+            self.schedule(at, Due::Deliver(packet));
+        }
+    }
+
+    /// Takes a host's outputs: messages onto the network, events into the
+    /// replay.
+    fn drain(&mut self, host: usize) {
+        loop {
+            let Some(node) = self.hosts[host].node.as_mut() else {
+                return;
+            };
+            let Some(t) = node.poll_transmit() else { break };
+            let bytes = Arc::new(t.bytes);
+            match t.destination {
+                Destination::All => {
+                    for to in 0..self.hosts.len() {
+                        if to != host {
+                            self.send(host, to, bytes.clone(), t.kind);
+                        }
+                    }
+                }
+                Destination::Replica(id) => {
+                    if let Some(to) =
+                        (0..self.hosts.len()).find(|&h| self.id(h).as_ref() == Some(&id))
+                    {
+                        self.send(host, to, bytes, t.kind);
+                    }
+                }
+            }
+        }
+        loop {
+            let Some(node) = self.hosts[host].node.as_mut() else {
+                return;
+            };
+            let Some(event) = node.poll_event() else {
+                break;
+            };
+            let code = match &event {
+                Event::Diff(d) => {
+                    replay(&mut self.hosts[host].replay, d);
+                    3
+                }
+                Event::ReplicaUp(_) => 4,
+                Event::ReplicaDown(_) => 5,
+                Event::ReplicaPurged(..) => 6,
+                _ => 7,
+            };
+            let now = self.now.as_micros() as u64;
+            if self.log {
+                eprintln!("{:?} host {host}: {event:?}", self.now);
+            }
+            self.mix(&[code, host as u64, now]);
+        }
+        if self.check_prefixes {
+            self.check_prefix_views(host);
+        }
+    }
+
+    // --- time ----------------------------------------------------------
+
+    /// Runs everything due up to `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_due = self.due.first_key_value().map(|(k, _)| k.0);
+            let next_timer = (0..self.hosts.len())
+                .filter_map(|h| self.hosts[h].node.as_ref().map(|n| (n.poll_timeout(), h)))
+                .min();
+            let timer_first = match (next_timer, next_due) {
+                (Some((t, _)), Some(d)) => t <= d,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            let at = if timer_first {
+                next_timer.map(|(t, _)| t)
+            } else {
+                next_due
+            };
+            let Some(at) = at.filter(|&t| t <= until) else {
+                break;
+            };
+            self.now = self.now.max(at);
+            if timer_first {
+                let (_, host) = next_timer.expect("checked");
+                let now = self.now;
+                if let Some(n) = self.hosts[host].node.as_mut() {
+                    n.handle_timeout(now);
+                }
+                self.drain(host);
+            } else {
+                let (_, due) = self.due.pop_first().expect("checked");
+                self.fire(due);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    pub fn periods(&self, n: u32) -> Duration {
+        self.config.broadcast_period * n
+    }
+
+    fn fire(&mut self, due: Due) {
+        let now = self.now;
+        match due {
+            Due::Deliver(p) => {
+                if self.blocked.contains(&(p.from, p.to)) {
+                    return;
+                }
+                let Some(node) = self.hosts[p.to].node.as_mut() else {
+                    return;
+                };
+                *self.traffic.messages.entry(p.kind).or_default() += 1;
+                *self.traffic.bytes.entry(p.kind).or_default() += p.bytes.len() as u64;
+                let ok = node.handle_message(now, &p.bytes).is_ok();
+                self.mix(&[
+                    8,
+                    p.from as u64,
+                    p.to as u64,
+                    p.bytes.len() as u64,
+                    u64::from(ok),
+                ]);
+                self.drain(p.to);
+            }
+            Due::LinkLost { at, peer } => {
+                if let Some(n) = self.hosts[at].node.as_mut() {
+                    n.link_lost(now, &peer);
+                }
+                self.drain(at);
+            }
+        }
+    }
+
+    // --- mutations -----------------------------------------------------
+
+    pub fn track(&mut self, host: usize) -> Option<PresenceId> {
+        let topic = self.topics[self.rng.below(self.topics.len() as u64) as usize].clone();
+        let key = format!("user:{}", self.rng.below(self.keys));
+        let meta = self.rng.below(4) as M;
+        let node = self.hosts[host].node.as_mut()?;
+        let id = node.track(&topic, &key, meta).expect("within limits");
+        self.hosts[host].own.push(id.clone());
+        self.truth.insert(id.clone(), (topic, key, meta));
+        self.after_local(host);
+        Some(id)
+    }
+
+    pub fn untrack(&mut self, host: usize) {
+        let own = self.hosts[host].own.len() as u64;
+        if own == 0 || !self.is_up(host) {
+            return;
+        }
+        let i = self.rng.below(own) as usize;
+        let id = self.hosts[host].own.swap_remove(i);
+        let node = self.hosts[host].node.as_mut().expect("running");
+        node.untrack(&id).expect("own presence");
+        self.truth.remove(&id);
+        self.after_local(host);
+    }
+
+    pub fn update(&mut self, host: usize) {
+        let own = self.hosts[host].own.len() as u64;
+        if own == 0 || !self.is_up(host) {
+            return;
+        }
+        let id = self.hosts[host].own[self.rng.below(own) as usize].clone();
+        let meta = self.rng.below(4) as M + 10;
+        let node = self.hosts[host].node.as_mut().expect("running");
+        node.update(&id, meta).expect("own presence");
+        if let Some(t) = self.truth.get_mut(&id) {
+            t.2 = meta;
+        }
+        self.after_local(host);
+    }
+
+    /// A random mutation on a random running host.
+    pub fn random_mutation(&mut self) {
+        let running: Vec<usize> = (0..self.hosts.len()).filter(|&h| self.is_up(h)).collect();
+        if running.is_empty() {
+            return;
+        }
+        let host = running[self.rng.below(running.len() as u64) as usize];
+        match self.rng.below(10) {
+            0..=4 => {
+                self.track(host);
+            }
+            5..=7 => self.untrack(host),
+            _ => self.update(host),
+        }
+    }
+
+    fn after_local(&mut self, host: usize) {
+        let node = self.node(host);
+        let id = node.id().clone();
+        let counter = node.state().counter();
+        let own: BTreeSet<Row> = rows(node.state())
+            .into_iter()
+            .filter(|r| r.2.replica() == &id)
+            .collect();
+        self.history
+            .entry(id)
+            .or_default()
+            .insert(counter, Arc::new(own));
+        self.mix(&[9, host as u64, counter]);
+        self.drain(host);
+    }
+
+    // --- checks --------------------------------------------------------
+
+    /// The ground truth as rows.
+    pub fn truth_rows(&self) -> BTreeSet<Row> {
+        self.truth
+            .iter()
+            .map(|(id, (t, k, m))| (t.clone(), k.clone(), id.clone(), *m))
+            .collect()
+    }
+
+    /// Every running host lists exactly the ground truth. The error names
+    /// the first host that does not and what differs.
+    pub fn converged(&self) -> Result<(), String> {
+        let truth = self.truth_rows();
+        for h in 0..self.hosts.len() {
+            let Some(node) = self.hosts[h].node.as_ref() else {
+                continue;
+            };
+            let listed = rows(node.state());
+            if listed != truth {
+                let missing: Vec<_> = truth.difference(&listed).take(3).collect();
+                let extra: Vec<_> = listed.difference(&truth).take(3).collect();
+                return Err(format!(
+                    "host {h} at {:?}: {} listed vs {} true; missing {missing:?}; extra {extra:?}",
+                    self.now,
+                    listed.len(),
+                    truth.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each running host's replayed diffs equal its lists.
+    pub fn diffs_replay(&self) -> Result<(), String> {
+        for (h, host) in self.hosts.iter().enumerate() {
+            let Some(node) = host.node.as_ref() else {
+                continue;
+            };
+            let listed: BTreeSet<Row> = rows(node.state());
+            let replayed: BTreeSet<Row> = host
+                .replay
+                .iter()
+                .map(|((t, id), (k, m))| (t.clone(), k.clone(), id.clone(), *m))
+                .collect();
+            if listed != replayed {
+                return Err(format!(
+                    "host {h}: diffs replay to {} rows, lists show {}",
+                    replayed.len(),
+                    listed.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// For each replica R shown by `host`: its rows equal R's own sub-state
+    /// at the counter held, and that counter never went back while shown.
+    fn check_prefix_views(&mut self, host: usize) {
+        let Some(node) = self.hosts[host].node.as_ref() else {
+            return;
+        };
+        let all = rows(node.state());
+        let mut by_replica: BTreeMap<ReplicaId, BTreeSet<Row>> = BTreeMap::new();
+        for row in all {
+            by_replica
+                .entry(row.2.replica().clone())
+                .or_default()
+                .insert(row);
+        }
+        let shown: Vec<ReplicaId> = node
+            .replicas()
+            .filter(|(_, s)| *s == ReplicaStatus::Up)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for r in shown {
+            let counter = node
+                .state()
+                .context(&r)
+                .map_or(0, |c| c.contiguous_prefix());
+            let rows = by_replica.remove(&r).unwrap_or_default();
+            let Some(history) = self.history.get(&r) else {
+                continue;
+            };
+            let expected = history
+                .range(..=counter)
+                .next_back()
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            assert_eq!(
+                &rows, &*expected,
+                "host {host} shows {r:?} at counter {counter} not as it was then"
+            );
+            let last = self.shown.entry((host, r.clone())).or_insert(0);
+            assert!(
+                counter >= *last,
+                "host {host} shows {r:?} at counter {counter} after {last}"
+            );
+            *last = counter;
+        }
+        let node = self.hosts[host].node.as_ref().expect("running");
+        for (id, s) in node.replicas() {
+            if s != ReplicaStatus::Up {
+                self.shown.remove(&(host, id.clone()));
+            }
+        }
+    }
+
+    /// The bytes of one transfer of the whole cluster's state, as one
+    /// snapshot encodes it.
+    pub fn whole_state_bytes(&self) -> usize {
+        let h = (0..self.hosts.len())
+            .find(|&h| self.is_up(h))
+            .expect("a host runs");
+        attendance::wire::encode(&self.node(h).state().snapshot())
+            .expect("encodes")
+            .len()
+    }
+}
+
+/// The lists of a state as rows.
+pub fn rows(state: &State<M>) -> BTreeSet<Row> {
+    let mut out = BTreeSet::new();
+    for (topic, _) in state.topics() {
+        for key in state.list(topic.as_str()) {
+            for p in key.presences {
+                out.insert((
+                    topic.as_str().to_string(),
+                    key.key.as_str().to_string(),
+                    p.id.clone(),
+                    *p.meta,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Applies a diff to a replayed list, refusing phantom changes.
+fn replay(list: &mut BTreeMap<(String, PresenceId), (String, M)>, diff: &Diff<M>) {
+    for (topic, p) in diff.leaves() {
+        let gone = list.remove(&(topic.as_str().to_string(), p.id().clone()));
+        assert!(gone.is_some(), "leave of {:?} that was not listed", p.id());
+    }
+    for (topic, u) in diff.updates() {
+        let slot = list.get_mut(&(topic.as_str().to_string(), u.id().clone()));
+        let slot = slot.unwrap_or_else(|| panic!("update of {:?} that was not listed", u.id()));
+        assert_eq!(slot.1, *u.old_meta(), "update names another old version");
+        slot.1 = *u.meta();
+    }
+    for (topic, p) in diff.joins() {
+        let fresh = list.insert(
+            (topic.as_str().to_string(), p.id().clone()),
+            (p.key().as_str().to_string(), *p.meta()),
+        );
+        assert!(fresh.is_none(), "join of {:?} already listed", p.id());
+    }
+}
