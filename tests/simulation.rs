@@ -42,7 +42,7 @@ fn random_schedule(seed: u64) -> (Sim, Duration) {
     sim.run_for(sim.periods(2));
     for _ in 0..100 {
         match sim.rng.below(100) {
-            0..=71 => sim.random_mutation(),
+            0..=69 => sim.random_mutation(),
             70..=74 => {
                 let a = sim.rng.below(hosts as u64) as usize;
                 let b = (a + 1 + sim.rng.below(hosts as u64 - 1) as usize) % hosts;
