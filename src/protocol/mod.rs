@@ -170,6 +170,8 @@ pub struct Node<M> {
     metrics: Metrics,
     reincarnations: VecDeque<Duration>,
     conflict: bool,
+    /// The latest time an input came with.
+    now: Duration,
 }
 
 impl<M: Meta> Node<M> {
@@ -199,6 +201,7 @@ impl<M: Meta> Node<M> {
             metrics: Metrics::default(),
             reincarnations: VecDeque::new(),
             conflict: false,
+            now: Duration::ZERO,
         })
     }
 
@@ -323,6 +326,7 @@ impl<M: Meta> Node<M> {
     /// Runs what is due at `now`: the periodic broadcast and heartbeats,
     /// down and permdown decisions, catch-up retries.
     pub fn handle_timeout(&mut self, now: Duration) {
+        self.now = self.now.max(now);
         let period = self.config.broadcast_period;
         if self.next_tick.is_none_or(|t| now >= t) {
             self.flush();
@@ -354,8 +358,17 @@ impl<M: Meta> Node<M> {
                 ReplicaStatus::Purged(_) => r.since + self.config.tombstone_ttl,
             };
             next = next.min(deadline);
-            if let Some(req) = &r.request {
-                next = next.min(req.sent_at + self.config.catchup_timeout);
+            match &r.request {
+                Some(req) => next = next.min(req.sent_at + self.config.catchup_timeout),
+                // A third party ahead is asked a period after it said so.
+                None => {
+                    for (_, seen) in r.holders.values() {
+                        let due = *seen + self.config.broadcast_period;
+                        if due > self.now {
+                            next = next.min(due);
+                        }
+                    }
+                }
             }
         }
         next
@@ -387,6 +400,16 @@ impl<M: Meta> Node<M> {
         {
             r.lost_at = Some(now);
         }
+        // What `peer` holds cannot be fetched now: ask other holders.
+        for r in self.remotes.values_mut() {
+            r.holders.remove(peer);
+            if r.request.as_ref().is_some_and(|q| &q.holder == peer) {
+                r.request = None;
+                r.assembly = None;
+                r.tried.insert(peer.clone());
+            }
+        }
+        self.request_catchups(now);
     }
 
     /// Leaves the cluster: broadcasts what is pending and tells every peer
@@ -407,6 +430,7 @@ impl<M: Meta> Node<M> {
     /// When the bytes are not a valid message, or what it carries breaks a
     /// limit; it is counted in [`Metrics::rejected`] and nothing changes.
     pub fn handle_message(&mut self, now: Duration, bytes: &[u8]) -> Result<(), ProtocolError> {
+        self.now = self.now.max(now);
         let envelope: Envelope<M> =
             match wire::message::decode(bytes, self.config.max_message_bytes) {
                 Ok(e) => e,

@@ -141,6 +141,9 @@ pub struct ReplicaInfo<'a> {
     pub hidden: bool,
     /// How many presences of it are held, shown or hidden.
     pub presences: usize,
+    /// How many of its recent removals are kept to serve catch-ups (at
+    /// most [`Limits::removal_log`]).
+    pub removals_kept: usize,
 }
 
 /// Builds a [`State`] with non-default settings.
@@ -494,6 +497,7 @@ impl<M: Meta> State<M> {
                 context: &slot.context,
                 hidden: slot.hidden,
                 presences: self.store.replica_len(i),
+                removals_kept: slot.log.len(),
             }
         })
     }

@@ -156,7 +156,13 @@ pub struct Sim {
     /// The greatest counter of R each host has shown while R was visible.
     shown: BTreeMap<(usize, ReplicaId), u64>,
     pub traffic: Traffic,
+    /// Check prefix views after every step (on by default; it keeps every
+    /// replica's sub-state at every counter, so large runs turn it off
+    /// before any mutation).
     pub check_prefixes: bool,
+    /// Every join each host published, while `record_joins` is set.
+    pub joined: Vec<(usize, PresenceId)>,
+    pub record_joins: bool,
     /// Print every event (`ATTENDANCE_SIM_LOG=1`).
     pub log: bool,
     trace: u64,
@@ -183,7 +189,9 @@ impl Sim {
             history: BTreeMap::new(),
             shown: BTreeMap::new(),
             traffic: Traffic::default(),
-            check_prefixes: false,
+            check_prefixes: true,
+            joined: Vec::new(),
+            record_joins: false,
             log: std::env::var_os("ATTENDANCE_SIM_LOG").is_some(),
             trace: 0xcbf2_9ce4_8422_2325,
             topics: (0..3).map(|t| format!("room:{t}")).collect(),
@@ -430,6 +438,11 @@ impl Sim {
             let code = match &event {
                 Event::Diff(d) => {
                     replay(&mut self.hosts[host].replay, d);
+                    if self.record_joins {
+                        for (_, p) in d.joins() {
+                            self.joined.push((host, p.id().clone()));
+                        }
+                    }
                     3
                 }
                 Event::ReplicaUp(_) => 4,
@@ -539,10 +552,10 @@ impl Sim {
         Some(id)
     }
 
-    pub fn untrack(&mut self, host: usize) {
+    pub fn untrack(&mut self, host: usize) -> Option<PresenceId> {
         let own = self.hosts[host].own.len() as u64;
         if own == 0 || !self.is_up(host) {
-            return;
+            return None;
         }
         let i = self.rng.below(own) as usize;
         let id = self.hosts[host].own.swap_remove(i);
@@ -550,6 +563,7 @@ impl Sim {
         node.untrack(&id).expect("own presence");
         self.truth.remove(&id);
         self.after_local(host);
+        Some(id)
     }
 
     pub fn update(&mut self, host: usize) {
@@ -578,7 +592,9 @@ impl Sim {
             0..=4 => {
                 self.track(host);
             }
-            5..=7 => self.untrack(host),
+            5..=7 => {
+                self.untrack(host);
+            }
             _ => self.update(host),
         }
     }
@@ -587,14 +603,16 @@ impl Sim {
         let node = self.node(host);
         let id = node.id().clone();
         let counter = node.state().counter();
-        let own: BTreeSet<Row> = rows(node.state())
-            .into_iter()
-            .filter(|r| r.2.replica() == &id)
-            .collect();
-        self.history
-            .entry(id)
-            .or_default()
-            .insert(counter, Arc::new(own));
+        if self.check_prefixes {
+            let own: BTreeSet<Row> = rows(node.state())
+                .into_iter()
+                .filter(|r| r.2.replica() == &id)
+                .collect();
+            self.history
+                .entry(id)
+                .or_default()
+                .insert(counter, Arc::new(own));
+        }
         self.mix(&[9, host as u64, counter]);
         self.drain(host);
     }
