@@ -8,8 +8,8 @@ mod sim;
 
 use std::time::Duration;
 
-use attendance::protocol::{Config, ReplicaStatus};
 use attendance::ReplicaId;
+use attendance::protocol::{Config, ReplicaStatus};
 use sim::{Network, Sim};
 
 /// The seeds a check runs: `count` of them from `base`, or the one in
@@ -110,7 +110,6 @@ fn the_same_seed_gives_the_same_trace() {
         Ok(())
     });
 }
-
 
 /// A cluster of `hosts` with a few presences everywhere, settled.
 fn settled(seed: u64, hosts: usize, network: Network) -> Sim {
@@ -287,7 +286,9 @@ fn a_purged_incarnation_never_comes_back_through_a_stale_holder() {
         sim.crash(1);
         sim.run_for(config.permdown_period / 2 + config.down_period);
         for h in 2..hosts {
-            if sim.node(h).status(&dead) != Some(ReplicaStatus::Purged(attendance::PurgeReason::Permdown)) {
+            if sim.node(h).status(&dead)
+                != Some(ReplicaStatus::Purged(attendance::PurgeReason::Permdown))
+            {
                 return Err(format!("host {h} did not purge the dead replica"));
             }
         }
@@ -298,9 +299,14 @@ fn a_purged_incarnation_never_comes_back_through_a_stale_holder() {
         while sim.now < until {
             sim.run_for(sim.periods(1));
             if let Some(h) = (2..hosts).find(|&h| {
-                sim::rows(sim.node(h).state()).iter().any(|r| r.2.replica() == &dead)
+                sim::rows(sim.node(h).state())
+                    .iter()
+                    .any(|r| r.2.replica() == &dead)
             }) {
-                return Err(format!("host {h} lists the purged replica again at {:?}", sim.now));
+                return Err(format!(
+                    "host {h} lists the purged replica again at {:?}",
+                    sim.now
+                ));
             }
         }
         if sim.joined.iter().any(|(_, id)| id.replica() == &dead) {
@@ -358,7 +364,9 @@ fn a_replica_replaced_under_its_name_during_a_partition_converges_without_a_requ
         sim.run_for(period);
         sim.restart(1);
         churn_for(&mut sim, period * 4, 8);
-        let length = sim.rng.between(Duration::from_secs(5), Duration::from_secs(60));
+        let length = sim
+            .rng
+            .between(Duration::from_secs(5), Duration::from_secs(60));
         sim.run_for(length);
         sim.heal();
         sim.network = Network::reliable();
@@ -373,7 +381,9 @@ fn a_replica_replaced_under_its_name_during_a_partition_converges_without_a_requ
         let after = sim.traffic.total_messages() - before;
         let slack = (hosts * (hosts - 1)) as u64;
         if after > steady + slack {
-            return Err(format!("{after} messages in 4 periods after healing, {steady} before"));
+            return Err(format!(
+                "{after} messages in 4 periods after healing, {steady} before"
+            ));
         }
         Ok(())
     });
@@ -402,20 +412,30 @@ fn long_churn_leaves_nothing_behind() {
             let node = sim.node(h);
             let state = node.state();
             if state.len() != sim.truth.len() {
-                return Err(format!("host {h} holds {} entries for {} live", state.len(), sim.truth.len()));
+                return Err(format!(
+                    "host {h} holds {} entries for {} live",
+                    state.len(),
+                    sim.truth.len()
+                ));
             }
             if node.buffered() != 0 {
                 return Err(format!("host {h} still buffers {}", node.buffered()));
             }
             if node.replicas().count() != hosts - 1 {
-                return Err(format!("host {h} knows {} replicas", node.replicas().count()));
+                return Err(format!(
+                    "host {h} knows {} replicas",
+                    node.replicas().count()
+                ));
             }
             for info in state.replicas() {
                 if info.context.ranges().len() != 1 {
                     return Err(format!("host {h}: context of {:?} has gaps", info.id));
                 }
                 if info.removals_kept > state.limits().removal_log() {
-                    return Err(format!("host {h}: removal log of {:?} over its bound", info.id));
+                    return Err(format!(
+                        "host {h}: removal log of {:?} over its bound",
+                        info.id
+                    ));
                 }
             }
         }
@@ -427,7 +447,12 @@ fn long_churn_leaves_nothing_behind() {
 /// cluster of `hosts` holding `per_host` presences each; the bytes from the
 /// heal until every host lists the truth, and the size of one transfer of
 /// the whole state.
-fn heal_traffic(seed: u64, hosts: usize, per_host: usize, changes: usize) -> Result<(u64, usize), String> {
+fn heal_traffic(
+    seed: u64,
+    hosts: usize,
+    per_host: usize,
+    changes: usize,
+) -> Result<(u64, usize), String> {
     let mut sim = Sim::new(seed, hosts, Config::default(), Network::reliable());
     sim.check_prefixes = false;
     sim.keys = 1 << 40;
