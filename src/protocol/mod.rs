@@ -1093,7 +1093,9 @@ impl<M: Meta> Node<M> {
         if let Ok(diff) = self.state.purge(id, reason) {
             self.publish(diff);
         }
-        if reason != PurgeReason::Permdown {
+        // A replica that left is gone; a replaced one may still be running
+        // and has to hear of its successor to move above it.
+        if reason == PurgeReason::Left {
             self.links.remove(id);
         }
         for other in self.remotes.values_mut() {
