@@ -42,15 +42,13 @@ fn deliver(nodes: &mut [N], now: Duration) -> Vec<(usize, Transmit)> {
         for i in 0..nodes.len() {
             while let Some(t) = nodes[i].poll_transmit() {
                 any = true;
-                for j in 0..nodes.len() {
-                    let to_j = match &t.destination {
+                for (j, to) in nodes.iter_mut().enumerate() {
+                    let for_it = match &t.destination {
                         Destination::All => j != i,
-                        Destination::Replica(r) => r == nodes[j].id(),
+                        Destination::Replica(r) => r == to.id(),
                     };
-                    if to_j {
-                        nodes[j]
-                            .handle_message(now, &t.bytes)
-                            .expect("valid message");
+                    if for_it {
+                        to.handle_message(now, &t.bytes).expect("valid message");
                     }
                 }
                 sent.push((i, t));
