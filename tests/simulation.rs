@@ -149,7 +149,7 @@ fn a_crashed_replica_leaves_within_three_periods_of_the_lost_link_report() {
             return Err("the victim's presences never spread".into());
         }
         sim.crash(victim);
-        let reported = sim.now + sim.network.report_delay;
+        let reported = sim.last_report.expect("reported");
         sim.run_until(reported + sim.periods(3));
         if let Some(h) = listed_somewhere(&sim, &id) {
             return Err(format!("host {h} still lists the crashed replica"));

@@ -156,6 +156,8 @@ pub struct Sim {
     /// The greatest counter of R each host has shown while R was visible.
     shown: BTreeMap<(usize, ReplicaId), u64>,
     pub traffic: Traffic,
+    /// When the last crash was reported to the others.
+    pub last_report: Option<Duration>,
     /// Check prefix views after every step (on by default; it keeps every
     /// replica's sub-state at every counter, so large runs turn it off
     /// before any mutation).
@@ -189,6 +191,7 @@ impl Sim {
             history: BTreeMap::new(),
             shown: BTreeMap::new(),
             traffic: Traffic::default(),
+            last_report: None,
             check_prefixes: true,
             joined: Vec::new(),
             record_joins: false,
@@ -288,9 +291,21 @@ impl Sim {
         self.truth.retain(|pid, _| pid.replica() != &id);
         self.mix(&[1, host as u64]);
         if self.network.report_losses {
+            // As over TCP, the loss is noticed after what was already on
+            // its way from the host has arrived.
+            let last = self
+                .due
+                .iter()
+                .filter_map(|(k, d)| match d {
+                    Due::Deliver(p) if p.from == host => Some(k.0),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(self.now);
+            let at = last.max(self.now) + self.network.report_delay;
+            self.last_report = Some(at);
             for other in 0..self.hosts.len() {
                 if other != host && self.is_up(other) {
-                    let at = self.now + self.network.report_delay;
                     self.schedule(
                         at,
                         Due::LinkLost {
