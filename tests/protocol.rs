@@ -315,3 +315,67 @@ fn an_invalid_configuration_is_refused() {
     config.max_message_bytes = 10;
     assert!(config.validate().is_err());
 }
+
+/// Named protocol messages from a scripted run, the same every time; the
+/// fixtures hold their bytes, so a change of the message format shows.
+fn message_samples() -> Vec<(String, Vec<u8>)> {
+    let mut nodes = vec![node("a"), node("b"), node("c")];
+    let mut now = Duration::ZERO;
+    let p = nodes[0]
+        .track("room:1", "alice", "web".into())
+        .expect("tracks");
+    // The first broadcast goes nowhere: the others ask for a catch-up.
+    nodes[0].handle_timeout(now);
+    while nodes[0].poll_transmit().is_some() {}
+    mesh(&mut nodes);
+    let mut out = Vec::new();
+    let mut record = |out: &mut Vec<(String, Vec<u8>)>, sent: Vec<(usize, Transmit)>| {
+        for (i, t) in sent {
+            let name = format!("{}_{:?}_{}", ["a", "b", "c"][i], t.kind, out.len());
+            out.push((name.to_lowercase(), t.bytes));
+        }
+    };
+    for _ in 0..2 {
+        let sent = period(&mut nodes, &mut now);
+        record(&mut out, sent);
+    }
+    nodes[0].update(&p, "mobile".into()).expect("updates");
+    let sent = period(&mut nodes, &mut now);
+    record(&mut out, sent);
+    nodes[0].leave(now);
+    let sent = deliver(&mut nodes, now);
+    record(&mut out, sent);
+    out
+}
+
+const MESSAGE_FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/messages_v1.txt"
+);
+
+#[test]
+fn protocol_messages_match_their_golden_bytes() {
+    let samples = message_samples();
+    let kinds: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter_map(|(n, _)| {
+            ["heartbeat", "interval", "catchuprequest", "catchupreply"]
+                .into_iter()
+                .find(|k| n.contains(k))
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4, "every kind is sampled: {kinds:?}");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let text: String = samples
+        .iter()
+        .map(|(n, b)| format!("{n} {}\n", hex(b)))
+        .collect();
+    if std::env::var_os("ATTENDANCE_BLESS").is_some() {
+        std::fs::write(MESSAGE_FIXTURES, &text).expect("fixtures are writable");
+    }
+    let golden = std::fs::read_to_string(MESSAGE_FIXTURES).expect("fixtures exist");
+    for (line, expected) in text.lines().zip(golden.lines()) {
+        assert_eq!(line, expected, "a message changed: bless it only if meant");
+    }
+    assert_eq!(text.lines().count(), golden.lines().count());
+}
