@@ -113,7 +113,8 @@ impl Cluster {
     fn crash(&mut self, host: usize) -> Result<(), Box<dyn Error>> {
         let id = self.id(host).ok_or("that host is down")?;
         self.hosts[host] = None;
-        self.in_flight.retain(|_, (from, to, _)| *from != host && *to != host);
+        self.in_flight
+            .retain(|_, (from, to, _)| *from != host && *to != host);
         let now = self.now;
         for node in self.hosts.iter_mut().flatten() {
             node.link_lost(now, &id);

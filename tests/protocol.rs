@@ -329,7 +329,7 @@ fn message_samples() -> Vec<(String, Vec<u8>)> {
     while nodes[0].poll_transmit().is_some() {}
     mesh(&mut nodes);
     let mut out = Vec::new();
-    let mut record = |out: &mut Vec<(String, Vec<u8>)>, sent: Vec<(usize, Transmit)>| {
+    let record = |out: &mut Vec<(String, Vec<u8>)>, sent: Vec<(usize, Transmit)>| {
         for (i, t) in sent {
             let name = format!("{}_{:?}_{}", ["a", "b", "c"][i], t.kind, out.len());
             out.push((name.to_lowercase(), t.bytes));
