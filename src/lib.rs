@@ -48,7 +48,11 @@
 //! ```
 
 pub mod protocol;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 mod state;
+#[cfg(feature = "runtime")]
+pub mod transport;
 pub mod wire;
 
 pub use state::{
@@ -56,6 +60,12 @@ pub use state::{
     MAX_REPLICA_NAME_LEN, Meta, Presence, PresenceId, PresenceRef, PurgeReason, PurgeRecord,
     Reincarnation, ReplicaId, ReplicaInfo, ReplicaName, State, StateBuilder, StateError, Topic,
     TopicDiff, Update,
+};
+
+#[cfg(feature = "runtime")]
+pub use runtime::{
+    KeyGroup, PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
+    TrackerMetrics,
 };
 
 // The README's examples compile and run as doc tests.

@@ -444,6 +444,26 @@ impl<M: Meta> State<M> {
         groups
     }
 
+    /// The visible presences on `topic` as owned values (sharing their key
+    /// and meta with the state), in key order then id order: what
+    /// [`State::list`] shows, to keep beyond a borrow.
+    pub fn presences(&self, topic: &str) -> Vec<Presence<M>> {
+        let Some(t) = self.store.topic_index(topic) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Presence<M>> = self
+            .store
+            .topic_members(t)
+            .filter(|e| !self.slot(e.replica).hidden)
+            .map(|e| {
+                let id = PresenceId::new(self.slot(e.replica).id.clone(), e.pid);
+                Presence::new(id, e.dot, e.payload.clone())
+            })
+            .collect();
+        out.sort_by(|a, b| (a.key(), a.id()).cmp(&(b.key(), b.id())));
+        out
+    }
+
     /// The visible presences under `key` on `topic`, ordered by id.
     pub fn get(&self, topic: &str, key: &str) -> Vec<PresenceRef<'_, M>> {
         let Some(t) = self.store.topic_index(topic) else {

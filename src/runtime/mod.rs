@@ -1,0 +1,566 @@
+//! The tokio runtime: a [`Tracker`] drives one replica's protocol over a
+//! transport, and is what applications hold.
+//!
+//! The replica's state sits behind one short lock shared by the handle and
+//! a driver task. Local operations take the lock, change the state and
+//! return: once [`Tracker::track`] returns, [`Tracker::list`] on that
+//! replica shows the presence. The driver task sleeps until the protocol's
+//! next deadline or the next transport event, feeds it to the protocol, and
+//! sends what the protocol wants sent. The lock is never held across an
+//! `.await`.
+//!
+//! ```
+//! use attendance::Tracker;
+//! use attendance::transport::MemoryNetwork;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let network = MemoryNetwork::new();
+//! let a: Tracker<String> = Tracker::builder("a").start_with(|id| network.join(id))?;
+//! let b: Tracker<String> = Tracker::builder("b").start_with(|id| network.join(id))?;
+//!
+//! let mut lobby = b.subscribe("room:lobby");
+//! let guard = a.track("room:lobby", "alice", "web".to_string())?;
+//! assert_eq!(a.count("room:lobby"), 1); // read-your-writes
+//!
+//! // b hears of it within a broadcast period or so.
+//! let event = lobby.next().await;
+//! assert!(matches!(event, Some(attendance::SubscriptionEvent::Diff(_))));
+//! assert_eq!(b.count("room:lobby"), 1);
+//!
+//! drop(guard); // untracks
+//! a.shutdown().await;
+//! b.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod guard;
+mod subscription;
+
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use guard::PresenceGuard;
+pub use subscription::{Subscription, SubscriptionEvent};
+
+use crate::protocol::{Config, ConfigError, Event, Metrics, Node, ReplicaStatus};
+use crate::transport::{Transport, TransportError, TransportEvent};
+use crate::{
+    Incarnation, Key, Limits, Meta, Presence, PresenceId, ReplicaId, ReplicaName, State, StateError,
+};
+use subscription::{Subscriber, Subscribers, publish};
+
+/// The presences of one key on a topic, as [`Tracker::list`] groups them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyGroup<M> {
+    /// The key.
+    pub key: Key,
+    /// Its presences, in id order.
+    pub presences: Vec<Presence<M>>,
+}
+
+/// Groups presences sorted by key.
+pub(crate) fn group_by_key<M>(presences: Vec<Presence<M>>) -> Vec<KeyGroup<M>> {
+    let mut groups: Vec<KeyGroup<M>> = Vec::new();
+    for p in presences {
+        match groups.last_mut() {
+            Some(g) if &g.key == p.key() => g.presences.push(p),
+            _ => groups.push(KeyGroup {
+                key: p.key().clone(),
+                presences: vec![p],
+            }),
+        }
+    }
+    groups
+}
+
+/// Why a tracker did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The replica name is empty or too long.
+    #[error(transparent)]
+    Name(StateError),
+    /// The protocol settings do not fit together.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The transport could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// `start` needs a listen address and a cluster secret.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+}
+
+/// Builds a [`Tracker`]. See [`Tracker::builder`].
+#[must_use]
+pub struct TrackerBuilder<M> {
+    name: String,
+    listen: Option<SocketAddr>,
+    peers: Vec<SocketAddr>,
+    secret: Option<Vec<u8>>,
+    config: Config,
+    limits: Limits,
+    subscriber_queue: usize,
+    meta: PhantomData<fn() -> M>,
+}
+
+impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
+    /// The address to accept peers on (port 0 picks a free one).
+    pub fn listen(mut self, address: SocketAddr) -> Self {
+        self.listen = Some(address);
+        self
+    }
+
+    /// A peer to connect to; more can be added at run time with
+    /// [`Tracker::add_peer`].
+    pub fn peer(mut self, address: SocketAddr) -> Self {
+        self.peers.push(address);
+        self
+    }
+
+    /// Several peers.
+    pub fn peers(mut self, addresses: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.peers.extend(addresses);
+        self
+    }
+
+    /// The cluster secret every member holds: peers prove they know it
+    /// before anything is exchanged.
+    pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// The protocol's periods and bounds (default: [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The state's limits on topics, keys, metas and presences.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How many diffs wait for a slow subscriber before it is resynced
+    /// (default 1024).
+    pub fn subscriber_queue(mut self, diffs: usize) -> Self {
+        self.subscriber_queue = diffs.max(1);
+        self
+    }
+
+    /// Starts the tracker over another transport, made from this replica's
+    /// id.
+    ///
+    /// # Errors
+    ///
+    /// An invalid name or configuration.
+    pub fn start_with<T: Transport>(
+        self,
+        transport: impl FnOnce(ReplicaId) -> T,
+    ) -> Result<Tracker<M>, StartError> {
+        let id = self.replica_id()?;
+        let transport = transport(id.clone());
+        self.launch(id, transport)
+    }
+
+    fn replica_id(&self) -> Result<ReplicaId, StartError> {
+        let name = ReplicaName::new(&self.name).map_err(StartError::Name)?;
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut nonce = [0u8; 4];
+        // Without OS randomness, the start time alone orders incarnations.
+        let _ = getrandom::fill(&mut nonce);
+        Ok(ReplicaId::new(
+            name,
+            Incarnation::new(started, u32::from_le_bytes(nonce)),
+        ))
+    }
+
+    fn launch<T: Transport>(self, id: ReplicaId, transport: T) -> Result<Tracker<M>, StartError> {
+        self.config.validate()?;
+        let state = State::builder(id.clone()).limits(self.limits).build();
+        let node = Node::new(state, self.config)?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                node,
+                subscribers: Subscribers::default(),
+                peers_up: 0,
+                renamed: HashMap::new(),
+            }),
+            origin: Instant::now(),
+            next_subscriber: AtomicU64::new(0),
+            subscriber_queue: self.subscriber_queue,
+        });
+        let (commands, rx) = mpsc::channel(16);
+        let span = tracing::info_span!("tracker", replica = %id);
+        tokio::spawn(tracing::Instrument::instrument(
+            drive(shared.clone(), transport, rx),
+            span,
+        ));
+        tracing::info!(replica = %id, "tracker started");
+        Ok(Tracker {
+            shared,
+            commands,
+            id,
+            local_addr: None,
+        })
+    }
+}
+
+/// A replica of the presence set, running. Cloning gives another handle to
+/// the same replica.
+///
+/// Build one with [`Tracker::builder`]; see the [module docs](self) for an
+/// example.
+pub struct Tracker<M: Meta> {
+    shared: Arc<Shared<M>>,
+    commands: mpsc::Sender<Command>,
+    id: ReplicaId,
+    local_addr: Option<SocketAddr>,
+}
+
+impl<M: Meta> Clone for Tracker<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+            id: self.id.clone(),
+            local_addr: self.local_addr,
+        }
+    }
+}
+
+/// What the driver task is asked to do.
+enum Command {
+    AddPeer(SocketAddr, oneshot::Sender<Result<(), TransportError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters of a running tracker.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TrackerMetrics {
+    /// The protocol's traffic counters.
+    pub protocol: Metrics,
+    /// Other replicas listed (up), and known but not listed.
+    pub replicas_up: usize,
+    /// Other replicas known but not listed: joining, down or purged.
+    pub replicas_not_up: usize,
+    /// Transport links up.
+    pub peers_connected: usize,
+    /// Visible presences per topic.
+    pub presences: BTreeMap<String, usize>,
+}
+
+impl<M: Meta + Send + Sync + 'static> Tracker<M> {
+    /// A builder for a replica named `name` (unique in the cluster).
+    pub fn builder(name: &str) -> TrackerBuilder<M> {
+        TrackerBuilder {
+            name: name.to_string(),
+            listen: None,
+            peers: Vec::new(),
+            secret: None,
+            config: Config::default(),
+            limits: Limits::default(),
+            subscriber_queue: 1024,
+            meta: PhantomData,
+        }
+    }
+
+    /// This replica.
+    pub fn id(&self) -> &ReplicaId {
+        &self.id
+    }
+
+    /// The address the TCP transport listens on, when it is the transport.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Tracks a presence of this replica. Dropping the guard untracks it.
+    ///
+    /// # Errors
+    ///
+    /// A topic, key or meta over the limits, or too many presences.
+    pub fn track(&self, topic: &str, key: &str, meta: M) -> Result<PresenceGuard<M>, StateError> {
+        let mut inner = self.shared.lock();
+        let id = inner.node.track(topic, key, meta)?;
+        inner.dispatch();
+        Ok(PresenceGuard::new(self.shared.clone(), id))
+    }
+
+    /// The visible presences on `topic`, grouped by key in key order.
+    pub fn list(&self, topic: &str) -> Vec<KeyGroup<M>> {
+        let inner = self.shared.lock();
+        group_by_key(inner.node.state().presences(topic))
+    }
+
+    /// The visible presences under `key` on `topic`.
+    pub fn get(&self, topic: &str, key: &str) -> Vec<Presence<M>> {
+        let inner = self.shared.lock();
+        let mut found = inner.node.state().presences(topic);
+        found.retain(|p| p.key().as_str() == key);
+        found
+    }
+
+    /// How many visible presences `topic` has. O(1).
+    pub fn count(&self, topic: &str) -> usize {
+        self.shared.lock().node.state().count(topic)
+    }
+
+    /// The list of `topic` now and a stream of every change after it.
+    pub fn subscribe(&self, topic: &str) -> Subscription<M> {
+        let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
+        let id = self.shared.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.shared.lock();
+        let list = group_by_key(inner.node.state().presences(topic));
+        inner
+            .subscribers
+            .entry(topic.to_string())
+            .or_default()
+            .push(Subscriber {
+                id,
+                tx,
+                lagged: false,
+            });
+        drop(inner);
+        Subscription::new(list, topic.to_string(), id, rx, self.shared.clone())
+    }
+
+    /// The other replicas known here and where they stand.
+    pub fn replicas(&self) -> Vec<(ReplicaId, ReplicaStatus)> {
+        let inner = self.shared.lock();
+        inner
+            .node
+            .replicas()
+            .map(|(id, s)| (id.clone(), s))
+            .collect()
+    }
+
+    /// Counters: traffic, replicas, presences per topic.
+    pub fn metrics(&self) -> TrackerMetrics {
+        let inner = self.shared.lock();
+        let statuses: Vec<ReplicaStatus> = inner.node.replicas().map(|(_, s)| s).collect();
+        let up = statuses.iter().filter(|s| **s == ReplicaStatus::Up).count();
+        TrackerMetrics {
+            protocol: inner.node.metrics().clone(),
+            replicas_up: up,
+            replicas_not_up: statuses.len() - up,
+            peers_connected: inner.peers_up,
+            presences: inner
+                .node
+                .state()
+                .topics()
+                .into_iter()
+                .map(|(t, n)| (t.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+
+    /// Connects to one more peer.
+    ///
+    /// # Errors
+    ///
+    /// When the transport has no addresses, or the tracker has stopped.
+    pub async fn add_peer(&self, address: SocketAddr) -> Result<(), TransportError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || TransportError::Unsupported("adding peers to a stopped tracker");
+        self.commands
+            .send(Command::AddPeer(address, tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Leaves the cluster: tells every peer to drop this replica's
+    /// presences now, and stops. Other handles and guards stay usable but
+    /// nothing they do is replicated any more.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// What the handles and the driver task share.
+pub(crate) struct Shared<M> {
+    inner: Mutex<Inner<M>>,
+    /// Protocol time is measured from here.
+    origin: Instant,
+    next_subscriber: AtomicU64,
+    subscriber_queue: usize,
+}
+
+pub(crate) struct Inner<M> {
+    pub(crate) node: Node<M>,
+    pub(crate) subscribers: Subscribers<M>,
+    peers_up: usize,
+    /// Presences that got new ids when this replica re-incarnated: the id
+    /// their guard holds to the current one.
+    renamed: HashMap<PresenceId, PresenceId>,
+}
+
+impl<M> Shared<M> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+        // Nothing under the lock panics on input; should a bug panic there,
+        // the state is still consistent (every change is planned first).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+impl<M: Meta> Inner<M> {
+    /// The current id of the presence a guard tracked as `id`.
+    pub(crate) fn current_id(&self, id: &PresenceId) -> PresenceId {
+        self.renamed.get(id).unwrap_or(id).clone()
+    }
+
+    /// Forgets a guard's presence.
+    pub(crate) fn forget(&mut self, id: &PresenceId) {
+        self.renamed.remove(id);
+    }
+
+    /// Hands the protocol's events to subscribers and logs.
+    pub(crate) fn dispatch(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                Event::Diff(diff) => {
+                    for (topic, changes) in diff.into_topics() {
+                        publish(&mut self.subscribers, topic.as_str(), changes);
+                    }
+                }
+                Event::ReplicaUp(id) => tracing::info!(peer = %id, "replica up"),
+                Event::ReplicaDown(id) => tracing::warn!(peer = %id, "replica down"),
+                Event::ReplicaPurged(id, reason) => {
+                    tracing::info!(peer = %id, ?reason, "replica purged");
+                }
+                Event::Reincarnated { replica, renamed } => {
+                    tracing::warn!(%replica, "a newer incarnation of this name appeared: moved above it");
+                    let moved: HashMap<PresenceId, PresenceId> = renamed.into_iter().collect();
+                    for current in self.renamed.values_mut() {
+                        if let Some(new) = moved.get(current) {
+                            *current = new.clone();
+                        }
+                    }
+                    for (old, new) in moved {
+                        self.renamed.entry(old).or_insert(new);
+                    }
+                }
+                Event::NameConflict(id) => {
+                    tracing::error!(replica = %id, "another process runs under this replica's name");
+                }
+            }
+        }
+    }
+}
+
+/// The driver task: feeds the protocol its deadlines and the transport's
+/// events, and hands the transport what the protocol sends.
+async fn drive<M: Meta, T: Transport>(
+    shared: Arc<Shared<M>>,
+    mut transport: T,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    loop {
+        let deadline = shared.origin + shared.lock().node.poll_timeout();
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::AddPeer(address, reply)) => {
+                    let _ = reply.send(transport.add_peer(address));
+                }
+                Some(Command::Shutdown(done)) => {
+                    leave(&shared, &mut transport).await;
+                    let _ = done.send(());
+                    return;
+                }
+                // Every handle is gone: leave as on shutdown.
+                None => {
+                    leave(&shared, &mut transport).await;
+                    return;
+                }
+            },
+            event = transport.recv() => {
+                let Some(event) = event else {
+                    tracing::warn!("transport closed");
+                    return;
+                };
+                let outgoing = {
+                    let mut inner = shared.lock();
+                    let now = shared.now();
+                    match event {
+                        TransportEvent::Connected(peer) => {
+                            tracing::debug!(%peer, "link up");
+                            inner.peers_up += 1;
+                            inner.node.peer_connected(now, peer);
+                        }
+                        TransportEvent::Message { bytes, .. } => {
+                            if let Err(error) = inner.node.handle_message(now, &bytes) {
+                                tracing::warn!(%error, "message refused");
+                            }
+                        }
+                        TransportEvent::LinkLost(peer) => {
+                            tracing::debug!(%peer, "link lost");
+                            inner.peers_up = inner.peers_up.saturating_sub(1);
+                            inner.node.link_lost(now, &peer);
+                        }
+                    }
+                    inner.dispatch();
+                    take_transmits(&mut inner)
+                };
+                for (to, bytes) in outgoing {
+                    transport.send(&to, bytes);
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let outgoing = {
+                    let mut inner = shared.lock();
+                    let now = shared.now();
+                    inner.node.handle_timeout(now);
+                    inner.dispatch();
+                    take_transmits(&mut inner)
+                };
+                for (to, bytes) in outgoing {
+                    transport.send(&to, bytes);
+                }
+            }
+        }
+    }
+}
+
+/// Tells every peer this replica leaves, and closes the transport.
+async fn leave<M: Meta, T: Transport>(shared: &Shared<M>, transport: &mut T) {
+    let outgoing = {
+        let mut inner = shared.lock();
+        inner.node.leave(shared.now());
+        take_transmits(&mut inner)
+    };
+    for (to, bytes) in outgoing {
+        transport.send(&to, bytes);
+    }
+    transport.close().await;
+    tracing::info!("tracker stopped");
+}
+
+fn take_transmits<M: Meta>(inner: &mut Inner<M>) -> Vec<(crate::protocol::Destination, Bytes)> {
+    std::iter::from_fn(|| inner.node.poll_transmit())
+        .map(|t| (t.destination, Bytes::from(t.bytes)))
+        .collect()
+}

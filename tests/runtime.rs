@@ -1,0 +1,232 @@
+//! The tracker on tokio over the in-memory network: convergence,
+//! read-your-writes, guards, subscriptions (atomic, bounded), graceful
+//! shutdown, partitions and one-way cuts. Time is tokio's paused clock, so
+//! periods pass instantly and runs are repeatable.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use attendance::protocol::{Config, ReplicaStatus};
+use attendance::transport::MemoryNetwork;
+use attendance::{KeyGroup, Limits, StateError, SubscriptionEvent, Tracker};
+
+type T = Tracker<String>;
+
+fn config() -> Config {
+    Config::with_broadcast_period(Duration::from_millis(100))
+}
+
+fn start(network: &MemoryNetwork, name: &str) -> T {
+    Tracker::builder(name)
+        .config(config())
+        .start_with(|id| network.join(id))
+        .expect("starts")
+}
+
+async fn periods(n: u32) {
+    tokio::time::sleep(config().broadcast_period * n).await;
+}
+
+/// A list as comparable rows: key, presence id, meta.
+fn rows(list: &[KeyGroup<String>]) -> BTreeSet<(String, String, String)> {
+    list.iter()
+        .flat_map(|g| {
+            g.presences
+                .iter()
+                .map(|p| (g.key.to_string(), p.id().to_string(), p.meta().clone()))
+        })
+        .collect()
+}
+
+fn same_everywhere(trackers: &[&T], topic: &str) -> bool {
+    let first = rows(&trackers[0].list(topic));
+    trackers.iter().all(|t| rows(&t.list(topic)) == first)
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_trackers_converge_on_tracks_updates_and_untracks() {
+    let network = MemoryNetwork::new();
+    let (a, b, c) = (
+        start(&network, "a"),
+        start(&network, "b"),
+        start(&network, "c"),
+    );
+    let alice = a.track("room", "alice", "web".into()).expect("tracks");
+    assert_eq!(a.count("room"), 1, "read-your-writes");
+    let _bob = b.track("room", "bob", "ios".into()).expect("tracks");
+    let carol = c.track("room", "carol", "web".into()).expect("tracks");
+    periods(3).await;
+    assert_eq!(b.count("room"), 3);
+    assert!(same_everywhere(&[&a, &b, &c], "room"));
+
+    alice.update("mobile".into()).expect("updates");
+    drop(carol);
+    periods(3).await;
+    assert!(same_everywhere(&[&a, &b, &c], "room"));
+    let listed = rows(&c.list("room"));
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|r| r.0 == "alice" && r.2 == "mobile"));
+    assert_eq!(c.get("room", "alice").len(), 1);
+    for t in [&a, &b, &c] {
+        assert_eq!(t.metrics().replicas_up, 2);
+        assert_eq!(t.metrics().presences.get("room"), Some(&2));
+    }
+    for t in [&a, &b, &c] {
+        t.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_replays_to_the_live_list() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (start(&network, "a"), start(&network, "b"));
+    let mut guards = vec![a.track("room", "early", "x".into()).expect("tracks")];
+    periods(2).await;
+    let mut sub = b.subscribe("room");
+    let mut view = rows(sub.list());
+    assert_eq!(view.len(), 1);
+    for i in 0..30 {
+        guards.push(
+            a.track("room", &format!("u{i}"), "x".into())
+                .expect("tracks"),
+        );
+        if i % 3 == 0 {
+            drop(guards.swap_remove(0));
+        }
+        if i % 5 == 0 {
+            guards[0].update(format!("v{i}")).expect("updates");
+        }
+        tokio::time::sleep(Duration::from_millis(37)).await;
+    }
+    periods(3).await;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
+        match event {
+            SubscriptionEvent::Diff(d) => {
+                for p in d.leaves() {
+                    assert!(view.remove(&(
+                        p.key().to_string(),
+                        p.id().to_string(),
+                        p.meta().clone()
+                    )));
+                }
+                for u in d.updates() {
+                    assert!(view.remove(&(
+                        u.key().to_string(),
+                        u.id().to_string(),
+                        u.old_meta().clone()
+                    )));
+                    view.insert((u.key().to_string(), u.id().to_string(), u.meta().clone()));
+                }
+                for p in d.joins() {
+                    assert!(view.insert((
+                        p.key().to_string(),
+                        p.id().to_string(),
+                        p.meta().clone()
+                    )));
+                }
+            }
+            SubscriptionEvent::Resync(list) => view = rows(&list),
+            _ => {}
+        }
+    }
+    assert_eq!(view, rows(&b.list("room")));
+    assert_eq!(view.len(), guards.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_gets_a_fresh_list_instead_of_unbounded_diffs() {
+    let network = MemoryNetwork::new();
+    let a: T = Tracker::builder("a")
+        .config(config())
+        .subscriber_queue(2)
+        .start_with(|id| network.join(id))
+        .expect("starts");
+    let mut sub = a.subscribe("room");
+    let guards: Vec<_> = (0..10)
+        .map(|i| {
+            a.track("room", &format!("u{i}"), "x".into())
+                .expect("tracks")
+        })
+        .collect();
+    let mut events = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), sub.next()).await {
+        events.push(e);
+    }
+    assert_eq!(events.len(), 3, "two queued diffs, then one resync");
+    match events.last() {
+        Some(SubscriptionEvent::Resync(list)) => assert_eq!(rows(list).len(), 10),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    drop(guards);
+    assert!(matches!(sub.next().await, Some(SubscriptionEvent::Diff(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_shutdown_drops_the_replica_everywhere_at_once() {
+    let network = MemoryNetwork::new();
+    let (a, b) = (start(&network, "a"), start(&network, "b"));
+    let _g = a.track("room", "alice", "web".into()).expect("tracks");
+    periods(3).await;
+    assert_eq!(b.count("room"), 1);
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(b.count("room"), 0, "gone without waiting for down_period");
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_cut_apart_converge_through_a_third_and_partitions_heal() {
+    let network = MemoryNetwork::new();
+    let (a, b, c) = (
+        start(&network, "a"),
+        start(&network, "b"),
+        start(&network, "c"),
+    );
+    periods(2).await;
+    network.cut("a", "b");
+    let _x = a.track("room", "from-a", "1".into()).expect("tracks");
+    let _y = b.track("room", "from-b", "2".into()).expect("tracks");
+    periods(6).await;
+    assert!(same_everywhere(&[&a, &b, &c], "room"));
+    assert_eq!(a.count("room"), 2, "b's presence reached a through c");
+    assert!(
+        a.replicas()
+            .iter()
+            .any(|(id, s)| id == b.id() && *s == ReplicaStatus::Up)
+    );
+
+    // A one-way cut: c never hears a directly, but through b.
+    network.heal();
+    network.cut_one_way("a", "c");
+    let _z = a.track("room", "from-a-2", "3".into()).expect("tracks");
+    periods(8).await;
+    assert_eq!(c.count("room"), 3);
+
+    // A full partition longer than down_period, then heal.
+    network.heal();
+    network.partition(&[&["a"], &["b", "c"]]);
+    tokio::time::sleep(config().down_period + config().broadcast_period * 4).await;
+    assert_eq!(b.count("room"), 1, "a is down for b");
+    let _w = b.track("room", "during", "4".into()).expect("tracks");
+    network.heal();
+    periods(4).await;
+    assert!(same_everywhere(&[&a, &b, &c], "room"));
+    assert_eq!(a.count("room"), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_give_typed_errors() {
+    let network = MemoryNetwork::new();
+    let a: T = Tracker::builder("a")
+        .config(config())
+        .limits(Limits::default().max_key_len(8))
+        .start_with(|id| network.join(id))
+        .expect("starts");
+    let err = a.track("room", "a-key-that-is-too-long", "x".into()).err();
+    assert!(
+        matches!(err, Some(StateError::InvalidKey { .. })),
+        "{err:?}"
+    );
+    assert_eq!(a.count("room"), 0);
+    let bad = Tracker::<String>::builder("").start_with(|id| network.join(id));
+    assert!(bad.is_err());
+}
