@@ -181,21 +181,42 @@ impl<M: Clone> Delta<M> {
     /// This is how a replica batches the deltas of one broadcast period.
     pub fn join(&mut self, other: Delta<M>) {
         let Delta { topics, parts } = other;
-        let mut index: HashMap<Topic, u32> = self
-            .topics
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let remap: Vec<u32> = topics
-            .into_iter()
-            .map(|t| {
-                *index.entry(t.clone()).or_insert_with(|| {
-                    self.topics.push(t);
-                    (self.topics.len() - 1) as u32
+        // A batch grows one small delta at a time: most bring one topic,
+        // often the one just before.
+        let remap: SmallVec<[u32; 1]> = if self.topics.len() <= 64 {
+            topics
+                .into_iter()
+                .map(|t| {
+                    let found = self
+                        .topics
+                        .iter()
+                        .rposition(|mine| mine.identity() == t.identity() || *mine == t);
+                    match found {
+                        Some(i) => i as u32,
+                        None => {
+                            self.topics.push(t);
+                            (self.topics.len() - 1) as u32
+                        }
+                    }
                 })
-            })
-            .collect();
+                .collect()
+        } else {
+            let mut index: HashMap<Topic, u32> = self
+                .topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i as u32))
+                .collect();
+            topics
+                .into_iter()
+                .map(|t| {
+                    *index.entry(t.clone()).or_insert_with(|| {
+                        self.topics.push(t);
+                        (self.topics.len() - 1) as u32
+                    })
+                })
+                .collect()
+        };
         for mut part in parts {
             for e in &mut part.entries {
                 e.topic = remap[e.topic as usize];
@@ -234,6 +255,14 @@ pub(crate) fn joined_floor(a: &CounterSet, a_floor: u64, b: &CounterSet, b_floor
 
 /// The CRDT join of two parts of one replica.
 fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
+    let follows = b
+        .context
+        .min()
+        .is_some_and(|lo| lo > a.context.max() && lo > a.dead.max());
+    if follows && b.dead.len() <= 64 {
+        append_part(a, b);
+        return;
+    }
     let a_entries = std::mem::take(&mut a.entries);
     let mut kept: SmallVec<[PartEntry<M>; 1]> =
         SmallVec::with_capacity(a_entries.len() + b.entries.len());
@@ -257,5 +286,24 @@ fn join_parts<M: Clone>(a: &mut Part<M>, b: Part<M>) {
     a.removals.extend(b.removals);
     a.removals.sort_unstable();
     a.removals.dedup();
+    a.undecodable += b.undecodable;
+}
+
+/// [`join_parts`] when every event of `b` follows those of `a`, as when a
+/// replica batches its own mutations: nothing of `b` is known to `a`, and
+/// `b` removes from `a` only the dots it lists as dead, so the join is an
+/// append (entries and removals stay sorted) plus a few removals.
+fn append_part<M: Clone>(a: &mut Part<M>, b: Part<M>) {
+    for dot in b.dead.iter() {
+        if let Ok(i) = a.entries.binary_search_by_key(&dot, |e| e.dot) {
+            a.entries.remove(i);
+        }
+    }
+    a.entries.extend(b.entries);
+    a.history_floor = joined_floor(&a.context, a.history_floor, &b.context, b.history_floor);
+    a.context.union(&b.context);
+    a.dead.union(&b.dead);
+    a.dead.subtract(&a.context);
+    a.removals.extend(b.removals);
     a.undecodable += b.undecodable;
 }
