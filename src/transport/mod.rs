@@ -1,10 +1,12 @@
 //! How replicas reach each other: a [`Transport`] carries the protocol's
 //! messages and reports links coming and going.
 //!
-//! [`MemoryNetwork`] carries messages between replicas in one process (and
-//! in tests, with cuts and partitions). Sockets live here and nowhere else.
+//! Two are built in: [`MemoryNetwork`] for many replicas in one process (and
+//! for tests, with cuts and partitions), and [`tcp`], an authenticated TCP
+//! mesh. Sockets live here and nowhere else.
 
 pub mod memory;
+pub mod tcp;
 
 use std::future::Future;
 use std::net::SocketAddr;
