@@ -161,6 +161,32 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         self
     }
 
+    /// Starts the tracker over the authenticated TCP mesh: it listens on
+    /// [`listen`](Self::listen) and connects to the [`peers`](Self::peers).
+    ///
+    /// # Errors
+    ///
+    /// A missing listen address or secret, an invalid name or
+    /// configuration, or a listener that cannot bind.
+    pub async fn start(self) -> Result<Tracker<M>, StartError> {
+        use crate::transport::tcp::{TAG_LEN, TcpConfig, TcpTransport};
+        let listen = self.listen.ok_or(StartError::Missing("listen address"))?;
+        let secret = self.secret.clone().ok_or(StartError::Missing("secret"))?;
+        self.config.validate()?;
+        let id = self.replica_id()?;
+        let mut tcp = TcpConfig::new(id.clone(), listen, secret).with_peers(self.peers.clone());
+        tcp.max_frame_bytes = tcp
+            .max_frame_bytes
+            .max(self.config.max_message_bytes + TAG_LEN);
+        let transport = TcpTransport::bind(tcp).await?;
+        let local = transport.local_addr();
+        let tracker = self.launch(id, transport)?;
+        Ok(Tracker {
+            local_addr: Some(local),
+            ..tracker
+        })
+    }
+
     /// Starts the tracker over another transport, made from this replica's
     /// id.
     ///

@@ -1,0 +1,205 @@
+//! One attendance replica, run from the command line.
+//!
+//! ```text
+//! attendance-node --name n1 --listen 127.0.0.1:4001 \
+//!     --peer 127.0.0.1:4002 --peer 127.0.0.1:4003 \
+//!     --secret-env ATTENDANCE_SECRET --topic room:lobby --track room:lobby/alice/web
+//! ```
+//!
+//! It prints one line per event on the subscribed topics and per replica
+//! coming or going, and reads commands on standard input, one per line:
+//!
+//! ```text
+//! track <topic> <key> <meta>     untrack <topic> <key>     update <topic> <key> <meta>
+//! list <topic>                   count <topic>             quit
+//! ```
+//!
+//! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use attendance::protocol::Config;
+use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Runs one replica of an attendance cluster and prints what it sees.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The replica's name, unique in the cluster.
+    #[arg(long)]
+    name: String,
+    /// The address to accept peers on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A peer's address; repeat for several.
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// The cluster secret.
+    #[arg(long, conflicts_with = "secret_env")]
+    secret: Option<String>,
+    /// The environment variable holding the cluster secret.
+    #[arg(long)]
+    secret_env: Option<String>,
+    /// The broadcast period in milliseconds; the other periods scale with it.
+    #[arg(long, default_value_t = 1500)]
+    broadcast_ms: u64,
+    /// A topic to print the changes of; repeat for several.
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// A presence to track at start, as `topic/key/meta`; repeat for several.
+    #[arg(long = "track")]
+    tracks: Vec<String>,
+}
+
+fn secret(args: &Args) -> Result<String, String> {
+    match (&args.secret, &args.secret_env) {
+        (Some(s), _) => Ok(s.clone()),
+        (None, Some(var)) => std::env::var(var).map_err(|_| format!("{var} is not set")),
+        (None, None) => Err("give --secret or --secret-env".into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("attendance-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let secret = secret(&args)?;
+    let config = Config::with_broadcast_period(Duration::from_millis(args.broadcast_ms.max(1)));
+    let tracker: Tracker<String> = Tracker::builder(&args.name)
+        .listen(args.listen)
+        .peers(args.peers.iter().copied())
+        .secret(secret)
+        .config(config)
+        .start()
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = tracker
+        .local_addr()
+        .map_or_else(String::new, |a| a.to_string());
+    println!("ready {} {addr}", tracker.id());
+
+    for topic in &args.topics {
+        let mut sub = tracker.subscribe(topic);
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            while let Some(event) = sub.next().await {
+                print_event(&topic, &event);
+            }
+        });
+    }
+    let mut guards: HashMap<(String, String), Vec<PresenceGuard<String>>> = HashMap::new();
+    for spec in &args.tracks {
+        let mut parts = spec.splitn(3, '/');
+        let (Some(t), Some(k), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("--track {spec}: expected topic/key/meta"));
+        };
+        let guard = tracker
+            .track(t, k, m.to_string())
+            .map_err(|e| e.to_string())?;
+        guards.entry((t.into(), k.into())).or_default().push(guard);
+    }
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => {
+                let Ok(Some(line)) = line else { break };
+                if !command(&tracker, &mut guards, &line) {
+                    break;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    drop(guards);
+    tracker.shutdown().await;
+    println!("bye");
+    Ok(())
+}
+
+/// Runs one command line; false to stop.
+fn command(
+    tracker: &Tracker<String>,
+    guards: &mut HashMap<(String, String), Vec<PresenceGuard<String>>>,
+    line: &str,
+) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["track", topic, key, meta] => match tracker.track(topic, key, meta.to_string()) {
+            Ok(g) => guards
+                .entry((topic.to_string(), key.to_string()))
+                .or_default()
+                .push(g),
+            Err(e) => println!("error {e}"),
+        },
+        ["untrack", topic, key] => {
+            guards.remove(&(topic.to_string(), key.to_string()));
+        }
+        ["update", topic, key, meta] => {
+            for g in guards
+                .get(&(topic.to_string(), key.to_string()))
+                .into_iter()
+                .flatten()
+            {
+                if let Err(e) = g.update(meta.to_string()) {
+                    println!("error {e}");
+                }
+            }
+        }
+        ["list", topic] => {
+            let mut rows = Vec::new();
+            for group in tracker.list(topic) {
+                for p in group.presences {
+                    rows.push(format!("{}={}", group.key, p.meta()));
+                }
+            }
+            println!("list {topic} {}", rows.join(","));
+        }
+        ["count", topic] => println!("count {topic} {}", tracker.count(topic)),
+        ["quit"] => return false,
+        [] => {}
+        _ => println!("error unknown command: {line}"),
+    }
+    true
+}
+
+fn print_event(topic: &str, event: &SubscriptionEvent<String>) {
+    match event {
+        SubscriptionEvent::Diff(d) => {
+            for p in d.joins() {
+                println!("join {topic} {} {} {}", p.key(), p.meta(), p.id());
+            }
+            for p in d.leaves() {
+                println!("leave {topic} {} {} {}", p.key(), p.meta(), p.id());
+            }
+            for u in d.updates() {
+                println!("update {topic} {} {} {}", u.key(), u.meta(), u.id());
+            }
+        }
+        SubscriptionEvent::Resync(list) => {
+            let n: usize = list.iter().map(|g| g.presences.len()).sum();
+            println!("resync {topic} {n}");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,294 @@
+//! Real processes on loopback TCP: `attendance-node` replicas tracking,
+//! crashing (SIGKILL), restarting, leaving, and refusing strangers and bad
+//! bytes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BROADCAST_MS: u64 = 100;
+const SECRET: &str = "test-cluster-secret";
+
+struct Replica {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Replica {
+    fn start(
+        name: &str,
+        listen: SocketAddr,
+        peers: &[SocketAddr],
+        secret: &str,
+        tracks: &[&str],
+    ) -> Replica {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_attendance-node"));
+        command
+            .args(["--name", name, "--listen", &listen.to_string()])
+            .args([
+                "--secret",
+                secret,
+                "--broadcast-ms",
+                &BROADCAST_MS.to_string(),
+            ])
+            .args(["--topic", "room"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        for p in peers {
+            command.args(["--peer", &p.to_string()]);
+        }
+        for t in tracks {
+            command.args(["--track", t]);
+        }
+        let mut child = command.spawn().expect("the node binary starts");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let replica = Replica {
+            child,
+            stdin,
+            lines,
+        };
+        replica.wait_for("ready", Duration::from_secs(10));
+        replica
+    }
+
+    fn wait_for(&self, prefix: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line starting with {prefix:?} in {limit:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("the replica reads commands");
+    }
+
+    /// `key=meta` pairs listed on `room`, sorted.
+    fn list(&mut self) -> Vec<String> {
+        self.send("list room");
+        let line = self.wait_for("list room", Duration::from_secs(5));
+        let mut rows: Vec<String> = line
+            .trim_start_matches("list room")
+            .trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addresses(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound"))
+        .collect()
+}
+
+fn sorted(rows: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = rows.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Polls until every replica lists `expected`; the time it took.
+fn converge(replicas: &mut [&mut Replica], expected: &[&str], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let expected = sorted(expected);
+    loop {
+        let lists: Vec<Vec<String>> = replicas.iter_mut().map(|r| r.list()).collect();
+        if lists.iter().all(|l| *l == expected) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no convergence on {expected:?} in {limit:?}: {lists:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn cluster(tracks: [&[&str]; 3]) -> (Vec<Replica>, Vec<SocketAddr>) {
+    let addrs = addresses(3);
+    let replicas = (0..3)
+        .map(|i| {
+            let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| addrs[j]).collect();
+            Replica::start(&format!("n{i}"), addrs[i], &peers, SECRET, tracks[i])
+        })
+        .collect();
+    (replicas, addrs)
+}
+
+#[test]
+fn three_processes_converge_on_tracks_untracks_and_updates() {
+    let (mut r, _) = cluster([&["room/alice/web"], &["room/bob/ios"], &[]]);
+    let [a, b, c] = r.as_mut_slice() else {
+        unreachable!()
+    };
+    converge(
+        &mut [a, b, c],
+        &["alice=web", "bob=ios"],
+        Duration::from_secs(10),
+    );
+    c.send("track room carol web");
+    a.send("update room alice mobile");
+    b.send("untrack room bob");
+    converge(
+        &mut [a, b, c],
+        &["alice=mobile", "carol=web"],
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn a_killed_process_leaves_within_four_periods_and_a_restart_brings_no_stale_presence() {
+    let (mut r, addrs) = cluster([&["room/alice/web"], &["room/bob/ios"], &["room/dave/web"]]);
+    {
+        let [a, b, c] = r.as_mut_slice() else {
+            unreachable!()
+        };
+        converge(
+            &mut [a, b, c],
+            &["alice=web", "bob=ios", "dave=web"],
+            Duration::from_secs(10),
+        );
+        c.send("track room erin web");
+        converge(
+            &mut [a, b, c],
+            &["alice=web", "bob=ios", "dave=web", "erin=web"],
+            Duration::from_secs(10),
+        );
+        c.kill();
+        let took = converge(
+            &mut [a, b],
+            &["alice=web", "bob=ios"],
+            Duration::from_secs(10),
+        );
+        assert!(
+            took <= Duration::from_millis(4 * BROADCAST_MS + 200),
+            "the killed replica's presences took {took:?} to leave"
+        );
+    }
+    // Restarted on the same port, as a new incarnation tracking only dave.
+    r[2] = Replica::start(
+        "n2",
+        addrs[2],
+        &[addrs[0], addrs[1]],
+        SECRET,
+        &["room/dave/tablet"],
+    );
+    let [a, b, c] = r.as_mut_slice() else {
+        unreachable!()
+    };
+    converge(
+        &mut [a, b, c],
+        &["alice=web", "bob=ios", "dave=tablet"],
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
+fn a_graceful_shutdown_leaves_at_once() {
+    let (mut r, _) = cluster([&["room/alice/web"], &["room/bob/ios"], &[]]);
+    let [a, b, c] = r.as_mut_slice() else {
+        unreachable!()
+    };
+    converge(
+        &mut [a, b, c],
+        &["alice=web", "bob=ios"],
+        Duration::from_secs(10),
+    );
+    b.send("quit");
+    b.wait_for("bye", Duration::from_secs(5));
+    let took = converge(&mut [a, c], &["alice=web"], Duration::from_secs(5));
+    assert!(
+        took < Duration::from_millis(2 * BROADCAST_MS),
+        "took {took:?}"
+    );
+}
+
+#[test]
+fn a_process_with_the_wrong_secret_gets_nothing_and_changes_nothing() {
+    let (mut r, addrs) = cluster([&["room/alice/web"], &[], &[]]);
+    let stranger_addr = addresses(1)[0];
+    let mut stranger = Replica::start(
+        "mallory",
+        stranger_addr,
+        &addrs,
+        "wrong-secret",
+        &["room/mallory/x"],
+    );
+    thread::sleep(Duration::from_millis(10 * BROADCAST_MS));
+    let [a, b, c] = r.as_mut_slice() else {
+        unreachable!()
+    };
+    converge(&mut [a, b, c], &["alice=web"], Duration::from_secs(5));
+    assert_eq!(stranger.list(), sorted(&["mallory=x"]));
+}
+
+#[test]
+fn garbage_and_bad_frames_are_refused_and_the_replica_keeps_serving() {
+    let (mut r, addrs) = cluster([&["room/alice/web"], &[], &[]]);
+    let attempts: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![0, 0, 0, 5, 1, 2],                // truncated frame
+        vec![0xff, 0xff, 0xff, 0xff, 0, 0, 0], // oversized length
+        {
+            // A hello frame of a future format version.
+            let mut f = vec![0, 0, 0, 12];
+            f.extend_from_slice(b"attn");
+            f.extend_from_slice(&[99; 8]);
+            f
+        },
+        (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+    ];
+    for bytes in &attempts {
+        if let Ok(mut s) = TcpStream::connect(addrs[0]) {
+            let _ = s.write_all(bytes);
+            let _ = s.flush();
+        }
+    }
+    thread::sleep(Duration::from_millis(3 * BROADCAST_MS));
+    let [a, b, c] = r.as_mut_slice() else {
+        unreachable!()
+    };
+    b.send("track room bob ios");
+    converge(
+        &mut [a, b, c],
+        &["alice=web", "bob=ios"],
+        Duration::from_secs(10),
+    );
+}
