@@ -1,331 +1,301 @@
-//! Three replicas running the replication protocol over a simulated
-//! network in one process, on a virtual clock: they track users, converge,
-//! lose one replica to a crash (its users leave everywhere), and see it
-//! come back as a new incarnation.
+//! A real cluster on this machine: three replicas as three OS processes
+//! talking authenticated TCP on loopback.
 //!
 //! ```text
-//! cargo run --release --example cluster            # the default seed
-//! cargo run --release --example cluster -- 42      # another network
+//! cargo run --release --example cluster
 //! ```
 //!
-//! The network delays messages by 5-80 ms, duplicates 5% and drops 5% of
-//! them; the seed decides which, so one seed always prints the same lines.
+//! The example starts itself three times as a replica (with `--replica`),
+//! tracks users on each, and prints the list of `room:lobby` as every
+//! replica sees it. Then it kills one replica with SIGKILL: its users leave
+//! everywhere once the others' transports notice the lost link. Then it
+//! restarts that replica (a new incarnation on the same port): its users
+//! come back. Every step prints how long it took.
 
-use std::collections::BTreeMap;
 use std::error::Error;
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use attendance::protocol::{Config, Destination, Event, Node};
-use attendance::{Incarnation, ReplicaId, ReplicaName, State};
-use serde::{Deserialize, Serialize};
-
-/// What the application attaches to each presence.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
-struct Meta {
-    device: String,
-}
+use attendance::protocol::Config;
+use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 
 const TOPIC: &str = "room:lobby";
-
-/// SplitMix64, for the network's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn percent(&mut self) -> u64 {
-        self.next() % 100
-    }
-}
-
-/// Three hosts, a virtual clock and the messages in flight.
-struct Cluster {
-    now: Duration,
-    config: Config,
-    hosts: Vec<Option<Node<Meta>>>,
-    names: Vec<&'static str>,
-    /// `(arrival, sequence) -> (from, to, bytes)`.
-    in_flight: BTreeMap<(Duration, u64), (usize, usize, Vec<u8>)>,
-    sequence: u64,
-    rng: Rng,
-    sent_bytes: u64,
-}
-
-impl Cluster {
-    fn new(seed: u64) -> Result<Self, Box<dyn Error>> {
-        let config = Config::with_broadcast_period(Duration::from_millis(500));
-        let mut cluster = Cluster {
-            now: Duration::ZERO,
-            config,
-            hosts: Vec::new(),
-            names: vec!["node-1", "node-2", "node-3"],
-            in_flight: BTreeMap::new(),
-            sequence: 0,
-            rng: Rng(seed),
-            sent_bytes: 0,
-        };
-        for host in 0..3 {
-            cluster.hosts.push(None);
-            cluster.start(host)?;
-        }
-        Ok(cluster)
-    }
-
-    /// Starts a host as a new incarnation and connects it to the others.
-    fn start(&mut self, host: usize) -> Result<(), Box<dyn Error>> {
-        let incarnation = Incarnation::new(self.now.as_millis() as u64 + 1, self.rng.next() as u32);
-        let id = ReplicaId::new(ReplicaName::new(self.names[host])?, incarnation);
-        self.hosts[host] = Some(Node::new(State::new(id.clone()), self.config.clone())?);
-        for other in 0..self.hosts.len() {
-            let Some(other_id) = self.id(other) else {
-                continue;
-            };
-            if other == host {
-                continue;
-            }
-            let now = self.now;
-            if let Some(node) = self.hosts[host].as_mut() {
-                node.peer_connected(now, other_id);
-            }
-            if let Some(node) = self.hosts[other].as_mut() {
-                node.peer_connected(now, id.clone());
-            }
-        }
-        Ok(())
-    }
-
-    fn id(&self, host: usize) -> Option<ReplicaId> {
-        self.hosts[host].as_ref().map(|n| n.id().clone())
-    }
-
-    fn node(&mut self, host: usize) -> Result<&mut Node<Meta>, Box<dyn Error>> {
-        Ok(self.hosts[host].as_mut().ok_or("that host is down")?)
-    }
-
-    /// Kills a host; the others' transports notice the lost link (after
-    /// what was already on its way, as TCP would).
-    fn crash(&mut self, host: usize) -> Result<(), Box<dyn Error>> {
-        let id = self.id(host).ok_or("that host is down")?;
-        self.hosts[host] = None;
-        self.in_flight
-            .retain(|_, (from, to, _)| *from != host && *to != host);
-        let now = self.now;
-        for node in self.hosts.iter_mut().flatten() {
-            node.link_lost(now, &id);
-        }
-        Ok(())
-    }
-
-    /// Runs the cluster for `span` of virtual time, printing what each host
-    /// publishes.
-    fn run_for(&mut self, span: Duration) {
-        let until = self.now + span;
-        loop {
-            self.flush();
-            let timer = (0..self.hosts.len())
-                .filter_map(|h| self.hosts[h].as_ref().map(|n| (n.poll_timeout(), h)))
-                .min();
-            let message = self.in_flight.keys().next().map(|k| k.0);
-            let next = match (timer, message) {
-                (Some((t, _)), Some(m)) => t.min(m),
-                (Some((t, _)), None) => t,
-                (None, Some(m)) => m,
-                (None, None) => break,
-            };
-            if next > until {
-                break;
-            }
-            self.now = self.now.max(next);
-            let now = self.now;
-            if message == Some(next) {
-                if let Some((_, (_, to, bytes))) = self.in_flight.pop_first()
-                    && let Some(node) = self.hosts[to].as_mut()
-                {
-                    // A refused message is counted by the node; the demo
-                    // network only ever carries valid ones.
-                    let _ = node.handle_message(now, &bytes);
-                }
-            } else if let Some((_, host)) = timer
-                && let Some(node) = self.hosts[host].as_mut()
-            {
-                node.handle_timeout(now);
-            }
-        }
-        self.now = until;
-    }
-
-    /// Moves every host's output onto the network and prints its events.
-    fn flush(&mut self) {
-        for host in 0..self.hosts.len() {
-            let mut outgoing = Vec::new();
-            let mut events = Vec::new();
-            if let Some(node) = self.hosts[host].as_mut() {
-                while let Some(t) = node.poll_transmit() {
-                    outgoing.push(t);
-                }
-                while let Some(e) = node.poll_event() {
-                    events.push(e);
-                }
-            }
-            for t in outgoing {
-                let targets: Vec<usize> = match &t.destination {
-                    Destination::All => (0..self.hosts.len()).filter(|&h| h != host).collect(),
-                    Destination::Replica(id) => (0..self.hosts.len())
-                        .filter(|&h| self.id(h).as_ref() == Some(id))
-                        .collect(),
-                };
-                for to in targets {
-                    self.send(host, to, t.bytes.clone());
-                }
-            }
-            for event in events {
-                self.print(host, event);
-            }
-        }
-    }
-
-    fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
-        if self.rng.percent() < 5 {
-            return;
-        }
-        let copies = if self.rng.percent() < 5 { 2 } else { 1 };
-        for _ in 0..copies {
-            let delay = Duration::from_millis(5 + self.rng.next() % 76);
-            self.sequence += 1;
-            self.sent_bytes += bytes.len() as u64;
-            self.in_flight
-                .insert((self.now + delay, self.sequence), (from, to, bytes.clone()));
-        }
-    }
-
-    fn print(&self, host: usize, event: Event<Meta>) {
-        let at = format!("{:>6.2}s {}", self.now.as_secs_f64(), self.names[host]);
-        match event {
-            Event::Diff(diff) => {
-                for (topic, p) in diff.joins() {
-                    println!("{at}: + {} on {topic} ({})", p.key(), p.meta().device);
-                }
-                for (topic, p) in diff.leaves() {
-                    println!("{at}: - {} on {topic} ({})", p.key(), p.meta().device);
-                }
-                for (topic, u) in diff.updates() {
-                    println!(
-                        "{at}: ~ {} on {topic} ({} -> {})",
-                        u.key(),
-                        u.old_meta().device,
-                        u.meta().device
-                    );
-                }
-            }
-            Event::ReplicaDown(id) => println!("{at}: {} is down", id.name()),
-            Event::ReplicaUp(id) => println!("{at}: {} is up", id.name()),
-            Event::ReplicaPurged(id, reason) => {
-                println!("{at}: {} is gone ({reason:?})", id.name())
-            }
-            other => println!("{at}: {other:?}"),
-        }
-    }
-
-    /// The list of `TOPIC` as each running host sees it.
-    fn lists(&self) -> Vec<(usize, Vec<String>)> {
-        let mut out = Vec::new();
-        for (host, node) in self.hosts.iter().enumerate() {
-            let Some(node) = node else { continue };
-            let mut rows = Vec::new();
-            for group in node.state().list(TOPIC) {
-                for p in group.presences {
-                    rows.push(format!("{} ({})", group.key, p.meta.device));
-                }
-            }
-            out.push((host, rows));
-        }
-        out
-    }
-
-    fn show(&self) -> bool {
-        let lists = self.lists();
-        for (host, rows) in &lists {
-            println!("  {} lists: {}", self.names[*host], rows.join(", "));
-        }
-        let same = lists.windows(2).all(|w| w[0].1 == w[1].1);
-        println!("  converged: {}", if same { "yes" } else { "no" });
-        same
-    }
-}
-
-fn device(name: &str) -> Meta {
-    Meta {
-        device: name.to_string(),
-    }
-}
+const SECRET: &str = "attendance-demo-secret";
+const BROADCAST_MS: u64 = 200;
 
 fn main() -> Result<(), Box<dyn Error>> {
-    let seed = match std::env::args().nth(1) {
-        Some(arg) => arg
-            .parse::<u64>()
-            .map_err(|_| format!("usage: cluster [SEED], SEED a u64, not {arg}"))?,
-        None => 1,
-    };
-    let mut cluster = Cluster::new(seed)?;
-    let period = cluster.config.broadcast_period;
-    println!(
-        "3 replicas, broadcast every {:?}, down after {:?} without a sign of life; seed {seed}",
-        period, cluster.config.down_period
-    );
-
-    println!("\n-- users arrive");
-    cluster.run_for(period * 2);
-    cluster.node(0)?.track(TOPIC, "alice", device("web"))?;
-    cluster.node(1)?.track(TOPIC, "bob", device("desktop"))?;
-    let carol = cluster.node(2)?.track(TOPIC, "carol", device("phone"))?;
-    cluster.node(2)?.track(TOPIC, "alice", device("tablet"))?;
-    cluster.run_for(period * 3);
-    let mut converged = cluster.show();
-
-    println!("\n-- carol switches device, bob leaves");
-    cluster.node(2)?.update(&carol, device("laptop"))?;
-    let bob: Vec<_> = cluster
-        .node(1)?
-        .state()
-        .get(TOPIC, "bob")
-        .iter()
-        .map(|p| p.id.clone())
-        .collect();
-    cluster.node(1)?.untrack_many(&bob)?;
-    cluster.run_for(period * 3);
-    converged &= cluster.show();
-
-    println!("\n-- node-3 crashes");
-    let crashed_at = cluster.now;
-    cluster.crash(2)?;
-    cluster.run_for(period * 4);
-    println!(
-        "  (the lost link was reported at {:.2}s; its users must leave within 3 periods)",
-        crashed_at.as_secs_f64()
-    );
-    converged &= cluster.show();
-
-    println!("\n-- node-3 restarts as a new incarnation; its users come back");
-    cluster.start(2)?;
-    cluster.node(2)?.track(TOPIC, "carol", device("laptop"))?;
-    cluster.run_for(period * 4);
-    converged &= cluster.show();
-
-    println!(
-        "\n{} bytes sent over {:.1}s of virtual time",
-        cluster.sent_bytes,
-        cluster.now.as_secs_f64()
-    );
-    if converged {
-        println!("converged: yes");
-        Ok(())
-    } else {
-        Err("the replicas did not converge".into())
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--replica") {
+        return replica(&args[2..]);
     }
+    coordinator()
+}
+
+// --- the coordinator: starts, watches and kills the replicas -------------
+
+/// A replica process and the lines it prints.
+struct Process {
+    name: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn start(
+        name: &str,
+        listen: SocketAddr,
+        peers: &[SocketAddr],
+        users: &[&str],
+    ) -> Result<Self, Box<dyn Error>> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("--replica")
+            .arg(name)
+            .arg(listen.to_string())
+            .arg(
+                peers
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .arg(users.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = command.spawn()?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let process = Process {
+            name: name.to_string(),
+            child,
+            stdin,
+            lines,
+        };
+        process.wait_for(|l| l.starts_with("ready"), Duration::from_secs(10))?;
+        Ok(process)
+    }
+
+    /// Waits for a line matching `wanted`, echoing the replica's events.
+    fn wait_for(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        limit: Duration,
+    ) -> Result<String, Box<dyn Error>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| format!("{} did not answer in time", self.name))?;
+            if wanted(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    /// The users listed on `TOPIC` by this replica.
+    fn list(&mut self) -> Result<Vec<String>, Box<dyn Error>> {
+        writeln!(self.stdin, "list")?;
+        let line = self.wait_for(|l| l.starts_with("list "), Duration::from_secs(5))?;
+        let mut users: Vec<String> = line
+            .trim_start_matches("list ")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+}
+
+/// Free loopback ports for the replicas to listen on.
+fn free_addresses(n: usize) -> Result<Vec<SocketAddr>, Box<dyn Error>> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Polls every process's list until all show `expected`; how long it took.
+fn until_all_list(
+    processes: &mut [&mut Process],
+    expected: &[&str],
+    limit: Duration,
+) -> Result<Duration, Box<dyn Error>> {
+    let start = Instant::now();
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    loop {
+        let mut all = true;
+        for p in processes.iter_mut() {
+            if p.list()? != expected {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return Err(format!("the replicas did not converge on {expected:?}").into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn show(processes: &mut [&mut Process]) -> Result<(), Box<dyn Error>> {
+    for p in processes.iter_mut() {
+        let users = p.list()?;
+        println!("  {} lists {TOPIC}: {}", p.name, users.join(", "));
+    }
+    Ok(())
+}
+
+fn coordinator() -> Result<(), Box<dyn Error>> {
+    let config = Config::with_broadcast_period(Duration::from_millis(BROADCAST_MS));
+    println!(
+        "3 replicas as 3 processes on loopback TCP; broadcast every {:?}, down after {:?} \
+         without a sign of life, or 3 periods after a lost link",
+        config.broadcast_period, config.down_period
+    );
+    let addrs = free_addresses(3)?;
+    let names = ["node-1", "node-2", "node-3"];
+    let users: [&[&str]; 3] = [&["alice"], &["bob", "carol"], &["dave"]];
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| addrs[j]).collect();
+        procs.push(Process::start(names[i], addrs[i], &peers, users[i])?);
+        println!(
+            "started {} on {} (pid {})",
+            names[i],
+            addrs[i],
+            procs[i].child.id()
+        );
+    }
+    let everyone = ["alice=node-1", "bob=node-2", "carol=node-2", "dave=node-3"];
+    let [p1, p2, p3] = procs.as_mut_slice() else {
+        return Err("three processes".into());
+    };
+
+    let took = until_all_list(&mut [p1, p2, p3], &everyone, Duration::from_secs(20))?;
+    println!("\nall replicas list everyone after {took:?}:");
+    show(&mut [p1, p2, p3])?;
+
+    println!("\nkilling node-3 (SIGKILL)");
+    p3.child.kill()?;
+    let _ = p3.child.wait();
+    let killed = Instant::now();
+    let rest = ["alice=node-1", "bob=node-2", "carol=node-2"];
+    until_all_list(&mut [p1, p2], &rest, Duration::from_secs(20))?;
+    println!(
+        "node-3's users left node-1 and node-2 {:?} after the kill:",
+        killed.elapsed()
+    );
+    show(&mut [p1, p2])?;
+
+    println!("\nrestarting node-3 on {} as a new incarnation", addrs[2]);
+    let restarted = Instant::now();
+    *p3 = Process::start(names[2], addrs[2], &[addrs[0], addrs[1]], users[2])?;
+    let took = until_all_list(&mut [p1, p2, p3], &everyone, Duration::from_secs(20))?;
+    println!(
+        "node-3's users are back everywhere {:?} after the restart ({took:?} after it was ready):",
+        restarted.elapsed()
+    );
+    show(&mut [p1, p2, p3])?;
+
+    for p in [p1, p2, p3] {
+        writeln!(p.stdin, "quit")?;
+        let _ = p.child.wait();
+    }
+    println!("\nconverged: yes");
+    Ok(())
+}
+
+// --- a replica process ------------------------------------------------
+
+/// `--replica NAME LISTEN PEERS USERS`: runs one tracker, tracks the users
+/// with its name as meta, and answers `list` and `quit` on stdin.
+fn replica(args: &[String]) -> Result<(), Box<dyn Error>> {
+    let [name, listen, peers, users] = args else {
+        return Err("usage: cluster --replica NAME LISTEN PEERS USERS".into());
+    };
+    let listen: SocketAddr = listen.parse()?;
+    let peers: Vec<SocketAddr> = peers
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let tracker: Tracker<String> = Tracker::builder(name)
+            .listen(listen)
+            .peers(peers)
+            .secret(SECRET)
+            .config(Config::with_broadcast_period(Duration::from_millis(
+                BROADCAST_MS,
+            )))
+            .start()
+            .await?;
+        let guards: Vec<PresenceGuard<String>> = users
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|u| tracker.track(TOPIC, u, name.clone()))
+            .collect::<Result<_, _>>()?;
+        let mut sub = tracker.subscribe(TOPIC);
+        tokio::spawn(async move {
+            // Keep the subscription drained; the coordinator polls lists.
+            while let Some(SubscriptionEvent::Diff(_) | SubscriptionEvent::Resync(_)) =
+                sub.next().await
+            {}
+        });
+        println!("ready {}", tracker.id());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        while let Some(line) = rx.recv().await {
+            match line.trim() {
+                "list" => {
+                    let rows: Vec<String> = tracker
+                        .list(TOPIC)
+                        .iter()
+                        .flat_map(|g| {
+                            g.presences
+                                .iter()
+                                .map(move |p| format!("{}={}", g.key, p.meta()))
+                        })
+                        .collect();
+                    println!("list {}", rows.join(","));
+                }
+                "quit" => break,
+                _ => {}
+            }
+        }
+        drop(guards);
+        tracker.shutdown().await;
+        Ok::<(), Box<dyn Error>>(())
+    })
 }
