@@ -72,3 +72,8 @@ pub use runtime::{
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+// So do those of the operations guide.
+#[doc = include_str!("../docs/operations.md")]
+#[cfg(all(doctest, feature = "runtime"))]
+pub struct OperationsDoctests;
