@@ -182,15 +182,17 @@ impl<M: Clone> Delta<M> {
     pub fn join(&mut self, other: Delta<M>) {
         let Delta { topics, parts } = other;
         // A batch grows one small delta at a time: most bring one topic,
-        // often the one just before.
-        let remap: SmallVec<[u32; 1]> = if self.topics.len() <= 64 {
+        // shared with the state (same address) and often the one just
+        // before. Scanning addresses beats building an index every time.
+        let remap: SmallVec<[u32; 1]> = if self.topics.len() <= 1024 {
             topics
                 .into_iter()
                 .map(|t| {
                     let found = self
                         .topics
                         .iter()
-                        .rposition(|mine| mine.identity() == t.identity() || *mine == t);
+                        .rposition(|mine| mine.identity() == t.identity())
+                        .or_else(|| self.topics.iter().rposition(|mine| *mine == t));
                     match found {
                         Some(i) => i as u32,
                         None => {
