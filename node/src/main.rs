@@ -12,6 +12,8 @@
 //! ```text
 //! track <topic> <key> <meta>     untrack <topic> <key>     update <topic> <key> <meta>
 //! list <topic>                   count <topic>             quit
+//! bulk <topic> <n> <meta>        (tracks keys user:0 .. user:<n-1>)
+//! metrics                        (messages and bytes received, all kinds)
 //! ```
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
@@ -21,7 +23,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use attendance::protocol::Config;
+use attendance::protocol::{Config, MessageKind};
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -176,6 +178,31 @@ fn command(
             println!("list {topic} {}", rows.join(","));
         }
         ["count", topic] => println!("count {topic} {}", tracker.count(topic)),
+        ["bulk", topic, n, meta] => {
+            let n: usize = n.parse().unwrap_or(0);
+            for i in 0..n {
+                match tracker.track(topic, &format!("user:{i}"), meta.to_string()) {
+                    Ok(g) => guards
+                        .entry((topic.to_string(), format!("user:{i}")))
+                        .or_default()
+                        .push(g),
+                    Err(e) => {
+                        println!("error {e}");
+                        break;
+                    }
+                }
+            }
+            println!("bulk {topic} {n}");
+        }
+        ["metrics"] => {
+            let m = tracker.metrics().protocol;
+            let (mut messages, mut bytes) = (0, 0);
+            for kind in MessageKind::ALL {
+                messages += m.received(kind).messages;
+                bytes += m.received(kind).bytes;
+            }
+            println!("metrics received_messages={messages} received_bytes={bytes}");
+        }
         ["quit"] => return false,
         [] => {}
         _ => println!("error unknown command: {line}"),
