@@ -2,120 +2,64 @@
 //! crashing (SIGKILL), restarting, leaving, and refusing strangers and bad
 //! bytes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const BROADCAST_MS: u64 = 100;
 const SECRET: &str = "test-cluster-secret";
 
-struct Replica {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
+mod support;
+
+use support::{Replica, addresses};
+
+/// Starts a replica of the test cluster subscribed to `room`.
+fn replica(
+    name: &str,
+    listen: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    tracks: &[&str],
+) -> Replica {
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--listen",
+        &listen.to_string(),
+        "--secret",
+        secret,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--broadcast-ms".into(),
+        BROADCAST_MS.to_string(),
+        "--topic".into(),
+        "room".into(),
+    ]);
+    for p in peers {
+        args.extend(["--peer".into(), p.to_string()]);
+    }
+    for t in tracks {
+        args.extend(["--track".into(), t.to_string()]);
+    }
+    Replica::start(&args)
 }
 
-impl Replica {
-    fn start(
-        name: &str,
-        listen: SocketAddr,
-        peers: &[SocketAddr],
-        secret: &str,
-        tracks: &[&str],
-    ) -> Replica {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_attendance-node"));
-        command
-            .args(["--name", name, "--listen", &listen.to_string()])
-            .args([
-                "--secret",
-                secret,
-                "--broadcast-ms",
-                &BROADCAST_MS.to_string(),
-            ])
-            .args(["--topic", "room"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        for p in peers {
-            command.args(["--peer", &p.to_string()]);
-        }
-        for t in tracks {
-            command.args(["--track", t]);
-        }
-        let mut child = command.spawn().expect("the node binary starts");
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let replica = Replica {
-            child,
-            stdin,
-            lines,
-        };
-        replica.wait_for("ready", Duration::from_secs(10));
-        replica
-    }
-
-    fn wait_for(&self, prefix: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no line starting with {prefix:?} in {limit:?}"),
-            }
-        }
-    }
-
-    fn send(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").expect("the replica reads commands");
-    }
-
-    /// `key=meta` pairs listed on `room`, sorted.
-    fn list(&mut self) -> Vec<String> {
-        self.send("list room");
-        let line = self.wait_for("list room", Duration::from_secs(5));
-        let mut rows: Vec<String> = line
-            .trim_start_matches("list room")
-            .trim()
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
-        rows.sort();
-        rows
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn addresses(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+/// `key=meta` pairs a replica lists on `room`, sorted.
+fn list(r: &mut Replica) -> Vec<String> {
+    let line = r.ask("list room", "list room");
+    let mut rows: Vec<String> = line
+        .trim_start_matches("list room")
+        .trim()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
         .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("bound"))
-        .collect()
+    rows.sort();
+    rows
 }
 
 fn sorted(rows: &[&str]) -> Vec<String> {
@@ -129,7 +73,7 @@ fn converge(replicas: &mut [&mut Replica], expected: &[&str], limit: Duration) -
     let start = Instant::now();
     let expected = sorted(expected);
     loop {
-        let lists: Vec<Vec<String>> = replicas.iter_mut().map(|r| r.list()).collect();
+        let lists: Vec<Vec<String>> = replicas.iter_mut().map(|r| list(r)).collect();
         if lists.iter().all(|l| *l == expected) {
             return start.elapsed();
         }
@@ -146,7 +90,7 @@ fn cluster(tracks: [&[&str]; 3]) -> (Vec<Replica>, Vec<SocketAddr>) {
     let replicas = (0..3)
         .map(|i| {
             let peers: Vec<SocketAddr> = (0..3).filter(|&j| j != i).map(|j| addrs[j]).collect();
-            Replica::start(&format!("n{i}"), addrs[i], &peers, SECRET, tracks[i])
+            replica(&format!("n{i}"), addrs[i], &peers, SECRET, tracks[i])
         })
         .collect();
     (replicas, addrs)
@@ -203,7 +147,7 @@ fn a_killed_process_leaves_within_four_periods_and_a_restart_brings_no_stale_pre
         );
     }
     // Restarted on the same port, as a new incarnation tracking only dave.
-    r[2] = Replica::start(
+    r[2] = replica(
         "n2",
         addrs[2],
         &[addrs[0], addrs[1]],
@@ -244,7 +188,7 @@ fn a_graceful_shutdown_leaves_at_once() {
 fn a_process_with_the_wrong_secret_gets_nothing_and_changes_nothing() {
     let (mut r, addrs) = cluster([&["room/alice/web"], &[], &[]]);
     let stranger_addr = addresses(1)[0];
-    let mut stranger = Replica::start(
+    let mut stranger = replica(
         "mallory",
         stranger_addr,
         &addrs,
@@ -256,7 +200,7 @@ fn a_process_with_the_wrong_secret_gets_nothing_and_changes_nothing() {
         unreachable!()
     };
     converge(&mut [a, b, c], &["alice=web"], Duration::from_secs(5));
-    assert_eq!(stranger.list(), sorted(&["mallory=x"]));
+    assert_eq!(list(&mut stranger), sorted(&["mallory=x"]));
 }
 
 #[test]
