@@ -1150,20 +1150,21 @@ impl<M: Meta> Node<M> {
             if candidates.is_empty() {
                 continue;
             }
-            candidates.retain(|(h, _)| !r.tried.contains(*h));
+            // Holders not tried yet; when every one was, a new round.
+            let fresh = candidates.iter().any(|(h, _)| !r.tried.contains(*h));
+            if fresh {
+                candidates.retain(|(h, _)| !r.tried.contains(*h));
+            }
             // The most advanced holder; the smallest id among equals.
             candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-            let holder = candidates.first().map(|(h, _)| (*h).clone());
-            requests.push((id.clone(), holder, held));
+            if let Some((holder, _)) = candidates.first() {
+                requests.push((id.clone(), (*holder).clone(), held, !fresh));
+            }
         }
-        for (id, holder, since) in requests {
-            let Some(holder) = holder else {
-                // Everyone was tried: start over.
-                if let Some(r) = self.remotes.get_mut(&id) {
-                    r.tried.clear();
-                }
-                continue;
-            };
+        for (id, holder, since, new_round) in requests {
+            if new_round && let Some(r) = self.remotes.get_mut(&id) {
+                r.tried.clear();
+            }
             let message = Message::CatchUpRequest {
                 replica: id.clone(),
                 since,
