@@ -27,22 +27,9 @@ struct Meta {
 
 const TOPIC: &str = "room:lobby";
 
-/// SplitMix64, for the network's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn percent(&mut self) -> u64 {
-        self.next() % 100
-    }
-}
+#[path = "../tests/sim/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// Three hosts, a virtual clock and the messages in flight.
 struct Cluster {
@@ -67,7 +54,7 @@ impl Cluster {
             names: vec!["node-1", "node-2", "node-3"],
             in_flight: BTreeMap::new(),
             sequence: 0,
-            rng: Rng(seed),
+            rng: Rng::new(seed),
             sent_bytes: 0,
         };
         for host in 0..3 {
@@ -79,7 +66,8 @@ impl Cluster {
 
     /// Starts a host as a new incarnation and connects it to the others.
     fn start(&mut self, host: usize) -> Result<(), Box<dyn Error>> {
-        let incarnation = Incarnation::new(self.now.as_millis() as u64 + 1, self.rng.next() as u32);
+        let incarnation =
+            Incarnation::new(self.now.as_millis() as u64 + 1, self.rng.next_u64() as u32);
         let id = ReplicaId::new(ReplicaName::new(self.names[host])?, incarnation);
         self.hosts[host] = Some(Node::new(State::new(id.clone()), self.config.clone())?);
         for other in 0..self.hosts.len() {
@@ -191,12 +179,12 @@ impl Cluster {
     }
 
     fn send(&mut self, from: usize, to: usize, bytes: Vec<u8>) {
-        if self.rng.percent() < 5 {
+        if self.rng.below(100) < 5 {
             return;
         }
-        let copies = if self.rng.percent() < 5 { 2 } else { 1 };
+        let copies = if self.rng.below(100) < 5 { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = Duration::from_millis(5 + self.rng.next() % 76);
+            let delay = Duration::from_millis(5 + self.rng.below(76));
             self.sequence += 1;
             self.sent_bytes += bytes.len() as u64;
             self.in_flight

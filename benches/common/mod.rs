@@ -68,27 +68,9 @@ pub fn member(i: u64) -> Member {
 
 pub type OrSet = Orswot<Member, ReplicaId>;
 
-/// SplitMix64: a tiny deterministic generator for the random choices.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`; `n` must be positive.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+#[path = "../../tests/sim/rng.rs"]
+mod rng;
+pub use rng::Rng;
 
 /// A fresh remote state with the workload's identity, counters and limits.
 pub fn new_remote() -> State<Meta> {
@@ -140,7 +122,7 @@ impl Remote {
 
     /// Untracks a random held presence and returns the delta.
     pub fn leave(&mut self) -> Delta<Meta> {
-        let index = self.rng.below(self.held.len());
+        let index = self.rng.index(self.held.len());
         let id = self.held.swap_remove(index);
         let change = self.state.untrack(&id).unwrap();
         assert_eq!(change.diff().leaves().count(), 1);
@@ -251,7 +233,7 @@ impl OrRemote {
 
     /// Removes a random held member and returns the op with the member.
     pub fn rm(&mut self) -> (crdts::orswot::Op<Member, ReplicaId>, Member) {
-        let index = self.rng.below(self.held.len());
+        let index = self.rng.index(self.held.len());
         let m = self.held.swap_remove(index);
         let rm_ctx = self.set.contains(&m).derive_rm_ctx();
         let op = self.set.rm(m.clone(), rm_ctx);

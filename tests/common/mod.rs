@@ -844,44 +844,28 @@ pub fn merged(
 
 // --- a small deterministic shuffle ------------------------------------------
 
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+#[path = "../sim/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A permutation of `0..n` drawn from `seed`.
 pub fn shuffle(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix::new(seed);
+    let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
+        order.swap(i, rng.index(i + 1));
     }
     order
 }
 
 /// Every index of `0..n` at least once, in a random order, a few twice.
 pub fn shuffle_with_duplicates(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix::new(seed ^ 0x5EED);
+    let mut rng = Rng::new(seed ^ 0x5EED);
     let mut order = shuffle(n, seed);
     if n > 0 {
-        for _ in 0..rng.below(n + 1) {
-            let at = rng.below(order.len() + 1);
-            let dup = rng.below(n);
+        for _ in 0..rng.index(n + 1) {
+            let at = rng.index(order.len() + 1);
+            let dup = rng.index(n);
             order.insert(at, dup);
         }
     }

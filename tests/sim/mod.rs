@@ -20,45 +20,14 @@ use std::time::Duration;
 use attendance::protocol::{Config, Destination, Event, MessageKind, Node, ReplicaStatus};
 use attendance::{Diff, Incarnation, PresenceId, ReplicaId, ReplicaName, State};
 
+mod rng;
+pub use rng::Rng;
+
 /// The meta of simulated presences.
 pub type M = u32;
 
 /// One presence as lists show it: topic, key, id, meta.
 pub type Row = (String, String, PresenceId, M);
-
-/// SplitMix64: small, fast, and the same everywhere.
-#[derive(Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1.0 < p
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = (hi - lo).as_micros() as u64;
-        lo + Duration::from_micros(if span == 0 { 0 } else { self.below(span + 1) })
-    }
-}
 
 /// What the network does to each message on each link.
 #[derive(Clone, Debug)]
