@@ -84,18 +84,7 @@ pub(crate) fn decode<M: Meta>(
     bytes: &[u8],
     max_message_bytes: usize,
 ) -> Result<Envelope<M>, WireError> {
-    if bytes.len() > max_message_bytes {
-        return Err(WireError::Oversized {
-            len: bytes.len(),
-            max: max_message_bytes,
-        });
-    }
-    let mut r = Reader::new(bytes);
-    let version = r.byte()?;
-    if version != VERSION {
-        return Err(WireError::UnknownVersion(version));
-    }
-    let kind = r.byte()?;
+    let (mut r, kind) = super::open(bytes, max_message_bytes)?;
     let sender = read_id(&mut r)?;
     let message = match kind {
         k if k == Kind::Heartbeat as u8 => Message::Heartbeat(read_heartbeat(&mut r)?),
@@ -119,10 +108,7 @@ pub(crate) fn decode<M: Meta>(
         }),
         other => return Err(WireError::UnknownKind(other)),
     };
-    match r.remaining() {
-        0 => Ok(Envelope { sender, message }),
-        n => Err(WireError::TrailingBytes(n)),
-    }
+    super::finish(&r, Envelope { sender, message })
 }
 
 fn read_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, WireError> {

@@ -103,6 +103,20 @@ pub fn decode_with_limit<M: Meta>(
     bytes: &[u8],
     max_message_bytes: usize,
 ) -> Result<Delta<M>, WireError> {
+    let (mut reader, kind) = open(bytes, max_message_bytes)?;
+    if kind != Kind::Delta as u8 {
+        return Err(WireError::UnknownKind(kind));
+    }
+    let delta = delta::read(&mut reader)?;
+    finish(&reader, delta)
+}
+
+/// Checks a message's size and version; a reader past the header, and the
+/// message kind.
+pub(crate) fn open(
+    bytes: &[u8],
+    max_message_bytes: usize,
+) -> Result<(msgpack::Reader<'_>, u8), WireError> {
     if bytes.len() > max_message_bytes {
         return Err(WireError::Oversized {
             len: bytes.len(),
@@ -115,12 +129,13 @@ pub fn decode_with_limit<M: Meta>(
         return Err(WireError::UnknownVersion(version));
     }
     let kind = reader.byte()?;
-    if kind != Kind::Delta as u8 {
-        return Err(WireError::UnknownKind(kind));
-    }
-    let delta = delta::read(&mut reader)?;
+    Ok((reader, kind))
+}
+
+/// `value`, if the message ended with it.
+pub(crate) fn finish<T>(reader: &msgpack::Reader<'_>, value: T) -> Result<T, WireError> {
     match reader.remaining() {
-        0 => Ok(delta),
+        0 => Ok(value),
         n => Err(WireError::TrailingBytes(n)),
     }
 }
