@@ -17,13 +17,20 @@
 //! ```
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
+//!
+//! With `--tls-ca`, `--tls-cert` and `--tls-key` (PEM files), links are
+//! encrypted with mutual TLS: this replica presents its certificate and
+//! accepts only peers whose certificates the authority signed. Every
+//! replica of the cluster must then use TLS.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use attendance::protocol::{Config, MessageKind};
+use attendance::transport::tls::TlsConfig;
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -56,6 +63,15 @@ struct Args {
     /// A presence to track at start, as `topic/key/meta`; repeat for several.
     #[arg(long = "track")]
     tracks: Vec<String>,
+    /// The certificate authority of the cluster (PEM), for TLS.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This replica's certificate chain (PEM), for TLS.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// This replica's private key (PEM), for TLS.
+    #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
 }
 
 fn secret(args: &Args) -> Result<String, String> {
@@ -64,6 +80,16 @@ fn secret(args: &Args) -> Result<String, String> {
         (None, Some(var)) => std::env::var(var).map_err(|_| format!("{var} is not set")),
         (None, None) => Err("give --secret or --secret-env".into()),
     }
+}
+
+fn tls(args: &Args) -> Result<Option<TlsConfig>, String> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    TlsConfig::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -87,14 +113,15 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     let secret = secret(&args)?;
     let config = Config::with_broadcast_period(Duration::from_millis(args.broadcast_ms.max(1)));
-    let tracker: Tracker<String> = Tracker::builder(&args.name)
+    let mut builder = Tracker::builder(&args.name)
         .listen(args.listen)
         .peers(args.peers.iter().copied())
         .secret(secret)
-        .config(config)
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+        .config(config);
+    if let Some(tls) = tls(&args)? {
+        builder = builder.tls(tls);
+    }
+    let tracker: Tracker<String> = builder.start().await.map_err(|e| e.to_string())?;
     let addr = tracker
         .local_addr()
         .map_or_else(String::new, |a| a.to_string());

@@ -22,6 +22,18 @@ fn replica(
     secret: &str,
     tracks: &[&str],
 ) -> Replica {
+    replica_with(name, listen, peers, secret, tracks, &[])
+}
+
+/// [`replica`] with more arguments.
+fn replica_with(
+    name: &str,
+    listen: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    tracks: &[&str],
+    extra: &[String],
+) -> Replica {
     let mut args: Vec<String> = [
         "--name",
         name,
@@ -45,6 +57,7 @@ fn replica(
     for t in tracks {
         args.extend(["--track".into(), t.to_string()]);
     }
+    args.extend_from_slice(extra);
     Replica::start(&args)
 }
 
@@ -201,6 +214,48 @@ fn a_process_with_the_wrong_secret_gets_nothing_and_changes_nothing() {
     };
     converge(&mut [a, b, c], &["alice=web"], Duration::from_secs(5));
     assert_eq!(list(&mut stranger), sorted(&["mallory=x"]));
+}
+
+/// The TLS flags with the test certificates of the library.
+fn tls_args() -> Vec<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls");
+    [
+        ("--tls-ca", "cluster-ca.pem"),
+        ("--tls-cert", "cluster-node.pem"),
+        ("--tls-key", "cluster-node.key"),
+    ]
+    .into_iter()
+    .flat_map(|(flag, file)| [flag.to_string(), format!("{dir}/{file}")])
+    .collect()
+}
+
+#[test]
+fn replicas_on_tls_converge_and_a_replica_without_tls_gets_nothing() {
+    let addrs = addresses(3);
+    let tls = tls_args();
+    let mut a = replica_with(
+        "n0",
+        addrs[0],
+        &addrs[1..2],
+        SECRET,
+        &["room/alice/web"],
+        &tls,
+    );
+    let mut b = replica_with("n1", addrs[1], &addrs[..1], SECRET, &["room/bob/ios"], &tls);
+    // The right secret, but no TLS.
+    let mut plain = replica("n2", addrs[2], &addrs[..2], SECRET, &["room/carol/x"]);
+    converge(
+        &mut [&mut a, &mut b],
+        &["alice=web", "bob=ios"],
+        Duration::from_secs(10),
+    );
+    thread::sleep(Duration::from_millis(10 * BROADCAST_MS));
+    converge(
+        &mut [&mut a, &mut b],
+        &["alice=web", "bob=ios"],
+        Duration::from_secs(1),
+    );
+    assert_eq!(list(&mut plain), sorted(&["carol=x"]));
 }
 
 #[test]

@@ -112,6 +112,8 @@ pub struct TrackerBuilder<M> {
     config: Config,
     limits: Limits,
     subscriber_queue: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::tls::TlsConfig>,
     meta: PhantomData<fn() -> M>,
 }
 
@@ -139,6 +141,14 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// before anything is exchanged.
     pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// Encrypts the TCP mesh with TLS (the `tls` feature); every member
+    /// must set it. The cluster secret is still required.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -178,6 +188,10 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         tcp.max_frame_bytes = tcp
             .max_frame_bytes
             .max(self.config.max_message_bytes + TAG_LEN);
+        #[cfg(feature = "tls")]
+        {
+            tcp.tls = self.tls.clone();
+        }
         let transport = TcpTransport::bind(tcp).await?;
         let local = transport.local_addr();
         let tracker = self.launch(id, transport)?;
@@ -303,6 +317,8 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             config: Config::default(),
             limits: Limits::default(),
             subscriber_queue: 1024,
+            #[cfg(feature = "tls")]
+            tls: None,
             meta: PhantomData,
         }
     }

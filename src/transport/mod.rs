@@ -3,10 +3,13 @@
 //!
 //! Two are built in: [`MemoryNetwork`] for many replicas in one process (and
 //! for tests, with cuts and partitions), and [`tcp`], an authenticated TCP
-//! mesh. Sockets live here and nowhere else.
+//! mesh, encrypted with TLS under the `tls` feature (module `tls`). Sockets live
+//! here and nowhere else.
 
 pub mod memory;
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +52,11 @@ pub enum TransportError {
     /// The settings are not usable.
     #[error("invalid transport settings: {0}")]
     Config(&'static str),
+    /// The TLS settings are not usable (a certificate or key that does not
+    /// parse or match).
+    #[cfg(feature = "tls")]
+    #[error("invalid TLS settings: {0}")]
+    Tls(String),
 }
 
 /// Carries messages between replicas.

@@ -34,8 +34,11 @@
 //! empty payload is a keepalive, sent when a link has been quiet for
 //! [`TcpConfig::keepalive_interval`]; it is never reported.
 //!
-//! The MACs authenticate; they do not encrypt. Run the mesh on a network
-//! where the presence data may be seen, or under a tunnel.
+//! The MACs authenticate; they do not encrypt. For confidentiality, enable
+//! the `tls` feature and set [`TcpConfig::tls`]: every connection then
+//! starts with a TLS handshake, and everything above runs inside it.
+//! Without it, run the mesh on a network where the presence data may be
+//! seen, or under a tunnel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -50,13 +53,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "tls")]
+use super::tls::TlsConfig;
 use super::{Transport, TransportError, TransportEvent};
 use crate::protocol::Destination;
 use crate::wire;
@@ -154,6 +158,10 @@ pub struct TcpConfig {
     /// How long [`Transport::close`] waits for queued messages to be sent.
     /// Default 2 s.
     pub close_timeout: Duration,
+    /// Encrypts every connection with TLS, under the handshake above: both
+    /// sides must set it. Default `None`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsConfig>,
     secret: Vec<u8>,
 }
 
@@ -175,6 +183,8 @@ impl TcpConfig {
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(2),
+            #[cfg(feature = "tls")]
+            tls: None,
             secret: secret.into(),
         }
     }
@@ -233,8 +243,8 @@ impl TcpConfig {
 
 impl fmt::Debug for TcpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TcpConfig")
-            .field("replica", &self.replica)
+        let mut d = f.debug_struct("TcpConfig");
+        d.field("replica", &self.replica)
             .field("listen", &self.listen)
             .field("peers", &self.peers)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -245,9 +255,10 @@ impl fmt::Debug for TcpConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("idle_timeout", &self.idle_timeout)
-            .field("close_timeout", &self.close_timeout)
-            .field("secret", &"<redacted>")
-            .finish()
+            .field("close_timeout", &self.close_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.field("secret", &"<redacted>").finish()
     }
 }
 
@@ -276,6 +287,10 @@ pub struct TcpStats {
     pub auth_failures: u64,
     /// Of `handshakes_refused`: another format version.
     pub version_mismatches: u64,
+    /// Of `handshakes_refused`: a TLS handshake that failed (the other side
+    /// does not speak TLS, or its certificate is not trusted). Always 0
+    /// without the `tls` feature.
+    pub tls_failures: u64,
     /// Frames on authenticated links whose tag did not verify; each closed
     /// its link.
     pub frames_refused: u64,
@@ -303,6 +318,7 @@ struct Counters {
     handshakes_refused: AtomicU64,
     auth_failures: AtomicU64,
     version_mismatches: AtomicU64,
+    tls_failures: AtomicU64,
     frames_refused: AtomicU64,
     frames_oversized: AtomicU64,
     dropped_full: AtomicU64,
@@ -331,6 +347,7 @@ impl Counters {
             handshakes_refused: get(&self.handshakes_refused),
             auth_failures: get(&self.auth_failures),
             version_mismatches: get(&self.version_mismatches),
+            tls_failures: get(&self.tls_failures),
             frames_refused: get(&self.frames_refused),
             frames_oversized: get(&self.frames_oversized),
             dropped_full: get(&self.dropped_full),
@@ -667,6 +684,9 @@ enum HandshakeError {
     Malformed(&'static str),
     Version(u8),
     BadMac,
+    /// The TLS handshake failed.
+    #[cfg(feature = "tls")]
+    Tls(io::Error),
     /// The other side is this replica.
     SelfConnection,
     Timeout,
@@ -707,6 +727,11 @@ fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &HandshakeError
             bump(&counters.frames_oversized);
             tracing::warn!(%addr, ?role, "handshake refused: oversized frame");
         }
+        #[cfg(feature = "tls")]
+        HandshakeError::Tls(error) => {
+            bump(&counters.tls_failures);
+            tracing::warn!(%addr, ?role, %error, "handshake refused: TLS failed");
+        }
         HandshakeError::Malformed(what) => {
             tracing::warn!(%addr, ?role, what, "handshake refused: malformed");
         }
@@ -733,6 +758,36 @@ fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &HandshakeError
             tracing::debug!(%addr, ?role, %error, "connection failed during the handshake");
         }
     }
+}
+
+/// A connection: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+type Conn = Box<dyn Stream>;
+
+/// Starts TLS on a fresh connection when it is configured.
+async fn secure(
+    shared: &Shared,
+    stream: TcpStream,
+    role: Role,
+    addr: SocketAddr,
+) -> Result<Conn, HandshakeError> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &shared.config.tls {
+        let conn: Conn = match role {
+            Role::Dialer => Box::new(
+                tls.connect(stream, addr)
+                    .await
+                    .map_err(HandshakeError::Tls)?,
+            ),
+            Role::Acceptor => Box::new(tls.accept(stream).await.map_err(HandshakeError::Tls)?),
+        };
+        return Ok(conn);
+    }
+    let _ = (shared, role, addr);
+    Ok(Box::new(stream))
 }
 
 /// An authenticated connection's keys and what was read past the handshake.
@@ -865,8 +920,8 @@ where
 }
 
 /// Authenticates a fresh connection both ways (see the module docs).
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     role: Role,
     me: &ReplicaId,
     secret: &HmacSha256,
@@ -1000,32 +1055,29 @@ async fn accept_loop(ctx: TaskCtx, listener: TcpListener) {
     }
 }
 
-async fn inbound(
-    ctx: TaskCtx,
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, permit: OwnedSemaphorePermit) {
     let shared = &ctx.shared;
     set_nodelay(&stream, addr);
-    let handshake = tokio::time::timeout(
-        shared.config.handshake_timeout,
-        handshake(
-            &mut stream,
+    let handshake = tokio::time::timeout(shared.config.handshake_timeout, async {
+        let mut conn = secure(shared, stream, Role::Acceptor, addr).await?;
+        let session = handshake(
+            &mut conn,
             Role::Acceptor,
             &shared.config.replica,
             &shared.secret,
-        ),
-    );
+        )
+        .await?;
+        Ok((conn, session))
+    });
     let result = tokio::select! {
         () = shared.stop.cancelled() => return,
         result = handshake => result.unwrap_or(Err(HandshakeError::Timeout)),
     };
     drop(permit);
     match result {
-        Ok(session) => {
+        Ok((conn, session)) => {
             bump(&shared.counters.handshakes_ok);
-            run_link(&ctx, stream, session, addr).await;
+            run_link(&ctx, conn, session, addr).await;
         }
         Err(error) => refused(shared, addr, Role::Acceptor, &error),
     }
@@ -1041,30 +1093,34 @@ async fn dial_loop(ctx: TaskCtx, addr: SocketAddr) {
     let config = &shared.config;
     let mut backoff = config.connect_backoff_min;
     loop {
-        let attempt = async {
-            let mut stream = match tokio::time::timeout(
-                config.handshake_timeout,
-                TcpStream::connect(addr),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => return Err(DialError::Connect(error)),
-                Err(_) => {
-                    return Err(DialError::Connect(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )));
+        let attempt =
+            async {
+                let stream =
+                    match tokio::time::timeout(config.handshake_timeout, TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return Err(DialError::Connect(error)),
+                        Err(_) => {
+                            return Err(DialError::Connect(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "connect timed out",
+                            )));
+                        }
+                    };
+                set_nodelay(&stream, addr);
+                let handshake = async {
+                    let mut conn = secure(shared, stream, Role::Dialer, addr).await?;
+                    let session =
+                        handshake(&mut conn, Role::Dialer, &config.replica, &shared.secret).await?;
+                    Ok((conn, session))
+                };
+                match tokio::time::timeout(config.handshake_timeout, handshake).await {
+                    Ok(Ok(connected)) => Ok(connected),
+                    Ok(Err(error)) => Err(DialError::Handshake(error)),
+                    Err(_) => Err(DialError::Handshake(HandshakeError::Timeout)),
                 }
             };
-            set_nodelay(&stream, addr);
-            let handshake = handshake(&mut stream, Role::Dialer, &config.replica, &shared.secret);
-            match tokio::time::timeout(config.handshake_timeout, handshake).await {
-                Ok(Ok(session)) => Ok((stream, session)),
-                Ok(Err(error)) => Err(DialError::Handshake(error)),
-                Err(_) => Err(DialError::Handshake(HandshakeError::Timeout)),
-            }
-        };
         let result = tokio::select! {
             () = shared.stop.cancelled() => return,
             result = attempt => result,
@@ -1121,7 +1177,7 @@ enum LinkEnd {
 /// Runs an authenticated connection until it ends, reporting the peer
 /// connected first (if it is its first link) and lost last (if it was its
 /// last).
-async fn run_link(ctx: &TaskCtx, mut stream: TcpStream, session: Session, addr: SocketAddr) {
+async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAddr) {
     let Session {
         peer,
         mut seal,
@@ -1142,7 +1198,7 @@ async fn run_link(ctx: &TaskCtx, mut stream: TcpStream, session: Session, addr: 
     }
     tracing::debug!(%peer, %addr, "link up");
     let end = {
-        let (read_half, write_half) = stream.split();
+        let (read_half, write_half) = tokio::io::split(stream);
         let mut reader = FramedRead::new(read_half, codec(shared.config.max_frame_bytes));
         *reader.read_buffer_mut() = read_buf;
         let read = read_loop(ctx, &peer, &mut reader, &mut open);
@@ -1184,7 +1240,7 @@ async fn run_link(ctx: &TaskCtx, mut stream: TcpStream, session: Session, addr: 
 async fn read_loop(
     ctx: &TaskCtx,
     peer: &ReplicaId,
-    reader: &mut FramedRead<ReadHalf<'_>, LengthDelimitedCodec>,
+    reader: &mut FramedRead<ReadHalf<Conn>, LengthDelimitedCodec>,
     open: &mut FrameMac,
 ) -> LinkEnd {
     let counters = &ctx.shared.counters;
@@ -1231,7 +1287,7 @@ async fn read_loop(
 /// is closed and drained.
 async fn write_loop(
     shared: &Shared,
-    write_half: WriteHalf<'_>,
+    write_half: WriteHalf<Conn>,
     rx: &mut mpsc::Receiver<Bytes>,
     seal: &mut FrameMac,
     queued: &AtomicUsize,
@@ -1260,7 +1316,7 @@ async fn write_loop(
 }
 
 async fn write_frame(
-    out: &mut BufWriter<WriteHalf<'_>>,
+    out: &mut BufWriter<WriteHalf<Conn>>,
     seal: &mut FrameMac,
     counters: &Counters,
     payload: &[u8],
@@ -1684,5 +1740,146 @@ mod tests {
             None,
             "not UTF-8"
         );
+    }
+
+    #[cfg(feature = "tls")]
+    mod tls {
+        use std::sync::Mutex;
+
+        use tokio::io::AsyncWriteExt;
+        use tokio::net::TcpListener;
+
+        use super::*;
+        use crate::transport::tls::TlsConfig;
+
+        const MARKER: &[u8] = b"a presence nobody outside may read";
+
+        fn fixture(file: &str) -> Vec<u8> {
+            let path = format!("{}/tests/fixtures/tls/{file}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        }
+
+        /// The cluster's authority, and a replica certificate signed by it
+        /// (`cluster`) or by another authority (`other`).
+        fn tls(cert: &str) -> TlsConfig {
+            TlsConfig::from_pem(
+                &fixture("cluster-ca.pem"),
+                &fixture(&format!("{cert}-node.pem")),
+                &fixture(&format!("{cert}-node.key")),
+            )
+            .unwrap()
+        }
+
+        fn tls_config(replica: ReplicaId, cert: Option<&str>) -> TcpConfig {
+            let mut config = config(replica, SECRET);
+            config.tls = cert.map(tls);
+            config
+        }
+
+        /// Forwards one connection from its own address to `to`, recording
+        /// every byte that crosses it, both ways.
+        async fn recording_proxy(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let record = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let (inbound, _) = listener.accept().await.unwrap();
+                let outbound = TcpStream::connect(to).await.unwrap();
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                            mut to: tokio::net::tcp::OwnedWriteHalf,
+                            record: Arc<Mutex<Vec<u8>>>| async move {
+                    let mut buf = [0; 4096];
+                    while let Ok(n @ 1..) = from.read(&mut buf).await {
+                        record.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(
+                    pipe(in_read, out_write, Arc::clone(&record)),
+                    pipe(out_read, in_write, record),
+                );
+            });
+            (addr, seen)
+        }
+
+        /// Sends the marker from a to b through a recording proxy; whether
+        /// it crossed the wire readable.
+        async fn marker_visible(cert: Option<&str>) -> bool {
+            let (ida, idb) = (id("a", 1), id("b", 1));
+            let mut b = TcpTransport::bind(tls_config(idb.clone(), cert))
+                .await
+                .unwrap();
+            let (proxy, seen) = recording_proxy(b.local_addr()).await;
+            let config = tls_config(ida.clone(), cert).with_peers([proxy]);
+            let mut a = TcpTransport::bind(config).await.unwrap();
+            assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+            assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+            a.send(&Destination::Replica(idb), Bytes::from_static(MARKER));
+            assert_eq!(next(&mut b).await, message(&ida, MARKER));
+            let seen = seen.lock().unwrap();
+            seen.windows(MARKER.len()).any(|w| w == MARKER)
+        }
+
+        #[tokio::test]
+        async fn with_tls_messages_cross_the_wire_encrypted() {
+            assert!(
+                marker_visible(None).await,
+                "plain TCP carries payloads as they are"
+            );
+            assert!(
+                !marker_visible(Some("cluster")).await,
+                "TLS must hide payloads"
+            );
+        }
+
+        #[tokio::test]
+        async fn plain_peers_and_untrusted_certificates_are_refused() {
+            let (ida, idb) = (id("a", 1), id("b", 1));
+            let mut a = TcpTransport::bind(tls_config(ida, Some("cluster")))
+                .await
+                .unwrap();
+            // b dials without TLS, then with a certificate of another
+            // authority, then a's TLS dials b's plain listener: nothing
+            // connects, and a counts each refusal.
+            for cert in [None, Some("other")] {
+                let config = tls_config(idb.clone(), cert).with_peers([a.local_addr()]);
+                let mut b = TcpTransport::bind(config).await.unwrap();
+                eventually("a refusing b", || a.stats().tls_failures >= 1).await;
+                quiet(&mut b, Duration::from_millis(200)).await;
+                b.close().await;
+            }
+            let b = TcpTransport::bind(tls_config(idb, None)).await.unwrap();
+            a.add_peer(b.local_addr()).unwrap();
+            eventually("a failing TLS towards b", || a.stats().tls_failures >= 3).await;
+            quiet(&mut a, Duration::from_millis(200)).await;
+            assert_eq!(a.stats().handshakes_ok, 0);
+            assert_eq!(b.stats().handshakes_ok, 0);
+        }
+
+        #[test]
+        fn unusable_pem_is_a_typed_error() {
+            let (ca, cert, key) = (
+                fixture("cluster-ca.pem"),
+                fixture("cluster-node.pem"),
+                fixture("cluster-node.key"),
+            );
+            let junk = b"not PEM at all".as_slice();
+            for (ca, cert, key) in [
+                (junk, &cert[..], &key[..]),
+                (&ca[..], junk, &key[..]),
+                (&ca[..], &cert[..], junk),
+                (&ca[..], &cert[..], &fixture("other-node.key")[..]),
+            ] {
+                assert!(matches!(
+                    TlsConfig::from_pem(ca, cert, key),
+                    Err(TransportError::Tls(_))
+                ));
+            }
+        }
     }
 }

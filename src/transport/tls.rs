@@ -1,0 +1,162 @@
+//! TLS under the TCP mesh, for confidentiality (the `tls` feature).
+//!
+//! The mesh's own handshake authenticates members with the cluster secret
+//! and MACs every frame, but sends presences in the clear. With a
+//! [`TlsConfig`] in [`TcpConfig::tls`](super::tcp::TcpConfig::tls), every
+//! connection first runs a TLS handshake (rustls, with the `ring` crypto
+//! provider), and the mesh's handshake and frames then run inside it,
+//! unchanged: the secret is still required, TLS adds encryption and
+//! certificate checks.
+//!
+//! The usual setup is a private certificate authority for the cluster:
+//! [`TlsConfig::from_pem`] takes its certificate and one replica's
+//! certificate and key, and makes both sides present and check certificates
+//! (mutual TLS). For anything else (public roots, certificate pinning,
+//! session settings), build the [`rustls`] configurations by hand and use
+//! [`TlsConfig::new`].
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+pub use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::TransportError;
+
+/// The TLS settings of a TCP mesh replica: how it dials (as a client) and
+/// how it accepts (as a server).
+///
+/// ```
+/// use attendance::transport::tls::TlsConfig;
+///
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
+/// let read = |file: &str| std::fs::read(format!("{dir}/{file}")).unwrap();
+/// let tls = TlsConfig::from_pem(
+///     &read("cluster-ca.pem"),
+///     &read("cluster-node.pem"),
+///     &read("cluster-node.key"),
+/// )?;
+/// # Ok::<(), attendance::transport::TransportError>(())
+/// ```
+#[derive(Clone)]
+pub struct TlsConfig {
+    client: TlsConnector,
+    server: TlsAcceptor,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl TlsConfig {
+    /// Dials with `client` and accepts with `server`. The name checked in
+    /// a peer's certificate is the peer's IP address, unless
+    /// [`TlsConfig::with_server_name`] sets one.
+    pub fn new(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> Self {
+        Self {
+            client: TlsConnector::from(client),
+            server: TlsAcceptor::from(server),
+            server_name: None,
+        }
+    }
+
+    /// Mutual TLS within one certificate authority: this replica presents
+    /// `cert_pem` (its certificate, then any intermediates) with the private
+    /// key `key_pem`, and accepts only peers whose certificates chain to
+    /// `ca_pem`, both when it dials and when it accepts. Every replica's
+    /// certificate must name the addresses peers dial it at (or the name
+    /// given to [`TlsConfig::with_server_name`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Tls`] when a PEM input holds no usable certificate
+    /// or key, or the key does not match the certificate.
+    pub fn from_pem(
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, TransportError> {
+        let bad =
+            |what: &str, error: &dyn fmt::Display| TransportError::Tls(format!("{what}: {error}"));
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem) {
+            let ca = ca.map_err(|e| bad("certificate authority", &e))?;
+            roots
+                .add(ca)
+                .map_err(|e| bad("certificate authority", &e))?;
+        }
+        if roots.is_empty() {
+            return Err(TransportError::Tls(
+                "no certificate authority in the PEM input".into(),
+            ));
+        }
+        let roots = Arc::new(roots);
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &e))?;
+        if chain.is_empty() {
+            return Err(TransportError::Tls(
+                "no certificate in the PEM input".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("private key", &e))?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| bad("client verifier", &e))?;
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("server", &e))?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| bad("server certificate", &e))?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("client", &e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad("client certificate", &e))?;
+        Ok(Self::new(Arc::new(client), Arc::new(server)))
+    }
+
+    /// Checks this name, rather than the IP address dialed, in every peer's
+    /// certificate (a cluster-wide name such as `attendance.internal`).
+    #[must_use]
+    pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = Some(name);
+        self
+    }
+
+    pub(crate) async fn connect(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        self.client.connect(name, stream).await
+    }
+
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        self.server.accept(stream).await
+    }
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
