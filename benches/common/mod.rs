@@ -1,4 +1,5 @@
-//! The workload shared by the `merge` and `footprint` benchmarks.
+//! The workload shared by the benchmarks (`merge`, `footprint`, `runtime`,
+//! `tracker_footprint`).
 //!
 //! Its shape is compared across versions, so change it only on purpose:
 //! topics `room:1`..`room:100`, keys `user:{i}`, a small meta, one remote
