@@ -228,6 +228,39 @@ fn a_graceful_leave_drops_the_replica_at_once() {
 }
 
 #[test]
+fn a_link_lost_before_the_peer_was_heard_of_still_counts_once_it_is() {
+    // b tracks alice and is known to c; then a joins, and its link to b is
+    // reported lost before a heard anything from b. b is dead from then on.
+    let mut bc = vec![node("b"), node("c")];
+    mesh(&mut bc);
+    bc[0].track("room", "alice", "web".into()).expect("tracks");
+    let mut now = Duration::ZERO;
+    for _ in 0..3 {
+        period(&mut bc, &mut now);
+    }
+    let [b, c]: [N; 2] = bc.try_into().ok().expect("two nodes");
+    let b = b.id().clone();
+    let mut nodes = vec![node("a"), c];
+    mesh(&mut nodes);
+    nodes[0].peer_connected(now, b.clone());
+    nodes[0].link_lost(now, &b);
+    let lost = now;
+
+    // a hears of b through c, with b's last heartbeat from before the
+    // report: b is down three periods after the report, not after
+    // down_period.
+    let three = Config::default().broadcast_period * 3;
+    while now <= lost + three {
+        period(&mut nodes, &mut now);
+        assert!(nodes[0].status(&b).is_some(), "a hears of b through c");
+    }
+    period(&mut nodes, &mut now);
+    assert_eq!(nodes[0].status(&b), Some(ReplicaStatus::Down));
+    assert_eq!(nodes[0].state().count("room"), 0);
+    assert!(now < lost + Config::default().down_period);
+}
+
+#[test]
 fn a_newer_incarnation_of_its_own_name_makes_a_node_move_above_it() {
     let (mut nodes, mut now) = settled_pair();
     // A process started later under the name "a" says hello to b.

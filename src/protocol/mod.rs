@@ -146,6 +146,10 @@ struct Link {
     mentioned: BTreeSet<ReplicaId>,
     /// The counters it said it holds.
     counters: BTreeMap<ReplicaId, u64>,
+    /// When the link was reported lost before anything was heard of the
+    /// peer: kept until the peer is heard of (through a relay), so that the
+    /// report still counts then.
+    lost_unknown: Option<Duration>,
 }
 
 /// Bytes of a message around its payload, kept free when splitting.
@@ -395,10 +399,15 @@ impl<M: Meta> Node<M> {
     /// produced after now arrives (directly or relayed) within three
     /// periods, `peer` is considered down then.
     pub fn link_lost(&mut self, now: Duration, peer: &ReplicaId) {
-        if let Some(r) = self.remotes.get_mut(peer)
-            && r.lost_at.is_none()
-        {
-            r.lost_at = Some(now);
+        match self.remotes.get_mut(peer) {
+            Some(r) => {
+                r.lost_at.get_or_insert(now);
+            }
+            None => {
+                if let Some(link) = self.links.get_mut(peer) {
+                    link.lost_unknown.get_or_insert(now);
+                }
+            }
         }
         // What `peer` holds cannot be fetched now: ask other holders.
         for r in self.remotes.values_mut() {
@@ -893,7 +902,9 @@ impl<M: Meta> Node<M> {
             .entry(hash)
             .and_modify(|slot| *slot = None)
             .or_insert_with(|| Some(id.clone()));
-        self.remotes.insert(id.clone(), Remote::new(hash, now));
+        let mut remote = Remote::new(hash, now);
+        remote.lost_at = self.links.get_mut(id).and_then(|l| l.lost_unknown.take());
+        self.remotes.insert(id.clone(), remote);
         true
     }
 
