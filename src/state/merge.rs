@@ -195,8 +195,12 @@ impl<M: Meta> State<M> {
         let counters = part.context.len().saturating_add(part.dead.len());
         let mut found: SmallVec<[(u64, Slot); 2]> = SmallVec::new();
         if counters <= held as u64 {
+            // Entries held here have dots of the local context: a counter
+            // new here (the event of the delta itself) needs no lookup.
+            let known = &self.slot(r).context;
             for dot in part.context.iter().chain(part.dead.iter()) {
-                if let Some(slot) = self.store.find_dot(r, dot)
+                if known.contains(dot)
+                    && let Some(slot) = self.store.find_dot(r, dot)
                     && !part.has_entry(dot)
                 {
                     found.push((dot, slot));
