@@ -84,9 +84,13 @@ impl Incarnation {
 /// One running node: a [`ReplicaName`] and its [`Incarnation`].
 ///
 /// Ordered by name, then incarnation, so all incarnations of one name sit
-/// together, oldest first.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ReplicaId {
+/// together, oldest first. Cloning is cheap: the id is shared, so that the
+/// presence ids in guards and diffs stay small.
+#[derive(Clone)]
+pub struct ReplicaId(Arc<ReplicaIdParts>);
+
+#[derive(PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct ReplicaIdParts {
     name: ReplicaName,
     incarnation: Incarnation,
 }
@@ -94,17 +98,46 @@ pub struct ReplicaId {
 impl ReplicaId {
     /// A replica from its name and incarnation.
     pub fn new(name: ReplicaName, incarnation: Incarnation) -> Self {
-        Self { name, incarnation }
+        Self(Arc::new(ReplicaIdParts { name, incarnation }))
     }
 
     /// The node's name.
     pub fn name(&self) -> &ReplicaName {
-        &self.name
+        &self.0.name
     }
 
     /// Which life of the node this is.
     pub fn incarnation(&self) -> Incarnation {
-        self.incarnation
+        self.0.incarnation
+    }
+}
+
+impl PartialEq for ReplicaId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for ReplicaId {}
+
+impl PartialOrd for ReplicaId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ReplicaId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+
+impl std::hash::Hash for ReplicaId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
     }
 }
 
@@ -119,7 +152,7 @@ impl fmt::Display for ReplicaId {
         write!(
             f,
             "{}@{}.{:08x}",
-            self.name, self.incarnation.started_ms, self.incarnation.nonce
+            self.0.name, self.0.incarnation.started_ms, self.0.incarnation.nonce
         )
     }
 }
@@ -128,9 +161,9 @@ impl fmt::Display for ReplicaId {
 impl Serialize for ReplicaId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         (
-            self.name.as_str(),
-            self.incarnation.started_ms,
-            self.incarnation.nonce,
+            self.0.name.as_str(),
+            self.0.incarnation.started_ms,
+            self.0.incarnation.nonce,
         )
             .serialize(serializer)
     }
