@@ -18,24 +18,13 @@ mod sim;
 
 use std::time::Duration;
 
-use attendance::protocol::{Config, MessageKind};
-use sim::{Network, Sim};
+use attendance::protocol::MessageKind;
+use sim::Sim;
 
 const PRESENCES: usize = 1000;
 
 fn cluster(hosts: usize, seed: u64) -> Sim {
-    let mut sim = Sim::new(seed, hosts, Config::default(), Network::reliable());
-    sim.check_prefixes = false;
-    sim.keys = 1 << 40;
-    sim.run_for(sim.periods(2));
-    for h in 0..hosts {
-        for _ in 0..PRESENCES {
-            sim.track(h);
-        }
-    }
-    sim.run_for(sim.periods(4));
-    sim.converged().expect("the cluster settles");
-    sim
+    Sim::settled(seed, hosts, PRESENCES).expect("the cluster settles")
 }
 
 /// Periods from the heal until every host lists the truth.

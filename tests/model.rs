@@ -69,11 +69,15 @@ use attendance::{Incarnation, PresenceId, ReplicaId, ReplicaName, State};
 use stateright::report::{ReportData, ReportDiscovery, Reporter};
 use stateright::{Checker, Model, Path, Property};
 
+#[path = "sim/rows.rs"]
+mod rows;
+use rows::rows;
+
 /// The meta of modelled presences.
 type M = u8;
 
 /// One presence as lists show it: topic, key, id, meta.
-type Row = (String, String, PresenceId, M);
+type Row = rows::Row<M>;
 
 /// Every presence lives on one topic: what matters is which are listed.
 const TOPIC: &str = "room";
@@ -653,24 +657,6 @@ fn print(node: &Node<M>, now: Duration) -> Arc<[u8]> {
         out.extend_from_slice(&t.bytes);
     }
     out.into()
-}
-
-/// The lists of a state as rows.
-fn rows(state: &State<M>) -> BTreeSet<Row> {
-    let mut out = BTreeSet::new();
-    for (topic, _) in state.topics() {
-        for key in state.list(topic.as_str()) {
-            for p in key.presences {
-                out.insert((
-                    topic.as_str().to_string(),
-                    key.key.as_str().to_string(),
-                    p.id.clone(),
-                    *p.meta,
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// Property 1: a replica whose context covers the counter at which an

@@ -453,17 +453,7 @@ fn heal_traffic(
     per_host: usize,
     changes: usize,
 ) -> Result<(u64, usize), String> {
-    let mut sim = Sim::new(seed, hosts, Config::default(), Network::reliable());
-    sim.check_prefixes = false;
-    sim.keys = 1 << 40;
-    sim.run_for(sim.periods(2));
-    for h in 0..hosts {
-        for _ in 0..per_host {
-            sim.track(h);
-        }
-    }
-    sim.run_for(sim.periods(4));
-    sim.converged()?;
+    let mut sim = Sim::settled(seed, hosts, per_host)?;
     sim.partition(&[(0..hosts / 2).collect(), (hosts / 2..hosts).collect()]);
     sim.run_for(sim.periods(2));
     for _ in 0..changes {

@@ -109,17 +109,23 @@ fn cluster(tracks: [&[&str]; 3]) -> (Vec<Replica>, Vec<SocketAddr>) {
     (replicas, addrs)
 }
 
+/// A cluster whose three replicas all list `expected`.
+fn converged_cluster(tracks: [&[&str]; 3], expected: &[&str]) -> (Vec<Replica>, Vec<SocketAddr>) {
+    let (mut replicas, addrs) = cluster(tracks);
+    let mut all: Vec<&mut Replica> = replicas.iter_mut().collect();
+    converge(&mut all, expected, Duration::from_secs(10));
+    (replicas, addrs)
+}
+
 #[test]
 fn three_processes_converge_on_tracks_untracks_and_updates() {
-    let (mut r, _) = cluster([&["room/alice/web"], &["room/bob/ios"], &[]]);
+    let (mut r, _) = converged_cluster(
+        [&["room/alice/web"], &["room/bob/ios"], &[]],
+        &["alice=web", "bob=ios"],
+    );
     let [a, b, c] = r.as_mut_slice() else {
         unreachable!()
     };
-    converge(
-        &mut [a, b, c],
-        &["alice=web", "bob=ios"],
-        Duration::from_secs(10),
-    );
     c.send("track room carol web");
     a.send("update room alice mobile");
     b.send("untrack room bob");
@@ -132,16 +138,14 @@ fn three_processes_converge_on_tracks_untracks_and_updates() {
 
 #[test]
 fn a_killed_process_leaves_within_four_periods_and_a_restart_brings_no_stale_presence() {
-    let (mut r, addrs) = cluster([&["room/alice/web"], &["room/bob/ios"], &["room/dave/web"]]);
+    let (mut r, addrs) = converged_cluster(
+        [&["room/alice/web"], &["room/bob/ios"], &["room/dave/web"]],
+        &["alice=web", "bob=ios", "dave=web"],
+    );
     {
         let [a, b, c] = r.as_mut_slice() else {
             unreachable!()
         };
-        converge(
-            &mut [a, b, c],
-            &["alice=web", "bob=ios", "dave=web"],
-            Duration::from_secs(10),
-        );
         c.send("track room erin web");
         converge(
             &mut [a, b, c],
@@ -179,15 +183,13 @@ fn a_killed_process_leaves_within_four_periods_and_a_restart_brings_no_stale_pre
 
 #[test]
 fn a_graceful_shutdown_leaves_at_once() {
-    let (mut r, _) = cluster([&["room/alice/web"], &["room/bob/ios"], &[]]);
+    let (mut r, _) = converged_cluster(
+        [&["room/alice/web"], &["room/bob/ios"], &[]],
+        &["alice=web", "bob=ios"],
+    );
     let [a, b, c] = r.as_mut_slice() else {
         unreachable!()
     };
-    converge(
-        &mut [a, b, c],
-        &["alice=web", "bob=ios"],
-        Duration::from_secs(10),
-    );
     b.send("quit");
     b.wait_for("bye", Duration::from_secs(5));
     let took = converge(&mut [a, c], &["alice=web"], Duration::from_secs(5));

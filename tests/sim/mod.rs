@@ -21,13 +21,15 @@ use attendance::protocol::{Config, Destination, Event, MessageKind, Node, Replic
 use attendance::{Diff, Incarnation, PresenceId, ReplicaId, ReplicaName, State};
 
 mod rng;
+mod rows;
 pub use rng::Rng;
+pub use rows::rows;
 
 /// The meta of simulated presences.
 pub type M = u32;
 
 /// One presence as lists show it: topic, key, id, meta.
-pub type Row = (String, String, PresenceId, M);
+pub type Row = rows::Row<M>;
 
 /// What the network does to each message on each link.
 #[derive(Clone, Debug)]
@@ -181,6 +183,25 @@ impl Sim {
             sim.boot(i);
         }
         sim
+    }
+
+    /// A cluster on a reliable network with the default configuration,
+    /// `per_host` presences tracked on each host (keys drawn from a large
+    /// space, so no two collide), settled: every host lists them all.
+    /// Prefix checks are off, for speed.
+    pub fn settled(seed: u64, hosts: usize, per_host: usize) -> Result<Self, String> {
+        let mut sim = Sim::new(seed, hosts, Config::default(), Network::reliable());
+        sim.check_prefixes = false;
+        sim.keys = 1 << 40;
+        sim.run_for(sim.periods(2));
+        for h in 0..hosts {
+            for _ in 0..per_host {
+                sim.track(h);
+            }
+        }
+        sim.run_for(sim.periods(4));
+        sim.converged()?;
+        Ok(sim)
     }
 
     pub fn id(&self, host: usize) -> Option<ReplicaId> {
@@ -719,24 +740,6 @@ impl Sim {
             .expect("encodes")
             .len()
     }
-}
-
-/// The lists of a state as rows.
-pub fn rows(state: &State<M>) -> BTreeSet<Row> {
-    let mut out = BTreeSet::new();
-    for (topic, _) in state.topics() {
-        for key in state.list(topic.as_str()) {
-            for p in key.presences {
-                out.insert((
-                    topic.as_str().to_string(),
-                    key.key.as_str().to_string(),
-                    p.id.clone(),
-                    *p.meta,
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// Applies a diff to a replayed list, refusing phantom changes.
