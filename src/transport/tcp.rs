@@ -35,7 +35,7 @@
 //! [`TcpConfig::keepalive_interval`]; it is never reported.
 //!
 //! The MACs authenticate; they do not encrypt. For confidentiality, enable
-//! the `tls` feature and set [`TcpConfig::tls`]: every connection then
+//! the `tls` feature and set `TcpConfig::tls`: every connection then
 //! starts with a TLS handshake, and everything above runs inside it.
 //! Without it, run the mesh on a network where the presence data may be
 //! seen, or under a tunnel.
