@@ -144,8 +144,9 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         self
     }
 
-    /// Encrypts the TCP mesh with TLS (the `tls` feature); every member
-    /// must set it. The cluster secret is still required.
+    /// Encrypts the TCP mesh that [`start`](Self::start) runs with TLS (the
+    /// `tls` feature); every member must set it. The cluster secret is
+    /// still required. Other transports (`start_with`) ignore it.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: crate::transport::tls::TlsConfig) -> Self {
         self.tls = Some(tls);
