@@ -13,7 +13,7 @@
 //! are counts of bytes and virtual time, not wall time: the same on every
 //! machine.
 
-#[path = "../tests/sim/mod.rs"]
+#[path = "../tests-integration/tests/sim/mod.rs"]
 mod sim;
 
 use std::time::Duration;

@@ -27,7 +27,7 @@ struct Meta {
 
 const TOPIC: &str = "room:lobby";
 
-#[path = "../tests/sim/rng.rs"]
+#[path = "support/rng.rs"]
 mod rng;
 use rng::Rng;
 

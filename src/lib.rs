@@ -67,13 +67,3 @@ pub use runtime::{
     KeyGroup, PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
     TrackerMetrics,
 };
-
-// The README's examples compile and run as doc tests.
-#[doc = include_str!("../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
-
-// So do those of the operations guide.
-#[doc = include_str!("../docs/operations.md")]
-#[cfg(all(doctest, feature = "runtime"))]
-pub struct OperationsDoctests;

@@ -69,7 +69,7 @@ pub fn member(i: u64) -> Member {
 
 pub type OrSet = Orswot<Member, ReplicaId>;
 
-#[path = "../../tests/sim/rng.rs"]
+#[path = "../../examples/support/rng.rs"]
 mod rng;
 pub use rng::Rng;
 

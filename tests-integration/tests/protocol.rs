@@ -238,7 +238,7 @@ fn a_link_lost_before_the_peer_was_heard_of_still_counts_once_it_is() {
     for _ in 0..3 {
         period(&mut bc, &mut now);
     }
-    let [b, c]: [N; 2] = bc.try_into().ok().expect("two nodes");
+    let [b, c]: [N; 2] = bc.try_into().expect("two nodes");
     let b = b.id().clone();
     let mut nodes = vec![node("a"), c];
     mesh(&mut nodes);

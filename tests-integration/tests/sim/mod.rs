@@ -20,6 +20,7 @@ use std::time::Duration;
 use attendance::protocol::{Config, Destination, Event, MessageKind, Node, ReplicaStatus};
 use attendance::{Diff, Incarnation, PresenceId, ReplicaId, ReplicaName, State};
 
+#[path = "../../../examples/support/rng.rs"]
 mod rng;
 mod rows;
 pub use rng::Rng;

@@ -844,7 +844,7 @@ pub fn merged(
 
 // --- a small deterministic shuffle ------------------------------------------
 
-#[path = "../sim/rng.rs"]
+#[path = "../../../examples/support/rng.rs"]
 mod rng;
 use rng::Rng;
 
