@@ -174,6 +174,7 @@ fn coordinator() -> Result<(), Box<dyn Error>> {
          without a sign of life, or 3 periods after a lost link",
         config.broadcast_period, config.down_period
     );
+    println!("each list reads user=replica: who is present, and which replica tracks them");
     let addrs = free_addresses(3)?;
     let names = ["node-1", "node-2", "node-3"];
     let users: [&[&str]; 3] = [&["alice"], &["bob", "carol"], &["dave"]];

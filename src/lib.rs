@@ -1,16 +1,72 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, rust_2018_idioms)]
-//! Presence replication for Rust clusters.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+//! Presence replication for Rust clusters: every node knows who is present
+//! on which topic, with what metadata, across the whole cluster, with no
+//! leader, lock or database.
 //!
-//! Every node holds a [`State`]: who is present on which topic, with what
-//! metadata, across the whole cluster. A node changes only its own
-//! presences ([`State::track`], [`State::update`], [`State::untrack`]); each
-//! change returns a [`Delta`] to send to peers as bytes ([`wire`]), and
+//! # A tracker
+//!
+//! A [`Tracker`] is one running replica. [`Tracker::track`] returns a
+//! [`PresenceGuard`] (dropping it untracks, so a closed connection leaves by
+//! itself); [`Tracker::list`] on the same replica shows the presence as soon
+//! as `track` returns; [`Tracker::subscribe`] gives a topic's list and then
+//! every change to it. Here two replicas share an in-memory network;
+//! [`Tracker::builder`] with `listen`, `peer` and `secret` runs one over the
+//! authenticated TCP mesh instead.
+//!
+//! ```
+//! use attendance::transport::MemoryNetwork;
+//! use attendance::{SubscriptionEvent, Tracker};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let network = MemoryNetwork::new();
+//! let a: Tracker<String> = Tracker::builder("a").start_with(|id| network.join(id))?;
+//! let b: Tracker<String> = Tracker::builder("b").start_with(|id| network.join(id))?;
+//!
+//! let mut lobby = b.subscribe("room:lobby");
+//! let alice = a.track("room:lobby", "alice", "web".to_string())?;
+//! assert_eq!(a.count("room:lobby"), 1); // read-your-writes
+//!
+//! // b sees the join within a broadcast period or so.
+//! if let Some(SubscriptionEvent::Diff(diff)) = lobby.next().await {
+//!     assert_eq!(diff.joins()[0].key().as_str(), "alice");
+//! }
+//! drop(alice); // untracks, everywhere
+//! a.shutdown().await;
+//! b.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The protocol's periods and bounds are a [`protocol::Config`], the
+//! state's size limits a [`Limits`]; both go to the [`TrackerBuilder`].
+//!
+//! # Feature flags
+//!
+//! | flag | default | what it brings |
+//! |---|---|---|
+//! | `runtime` | yes | the tokio [`Tracker`], its guards and subscriptions, and the [`transport`]s: in-memory and the authenticated TCP mesh |
+//! | `tls` | no | TLS (rustls, `ring` provider) under the TCP mesh: `transport::tls` and `TrackerBuilder::tls` |
+//! | `crdts` | no | `crdts::CvRDT` and `crdts::CmRDT` for [`State`], to plug into code written against those traits |
+//!
+//! Without `runtime`, the crate is the state, protocol and wire layers
+//! only, with no tokio.
+//!
+//! # Building your own runtime
+//!
+//! Underneath, every replica holds a [`State`]: an observed-remove set made
+//! of one single-writer sub-state per replica. A replica changes only its
+//! own presences ([`State::track`], [`State::update`], [`State::untrack`]);
+//! each change returns a [`Delta`] to send to peers as bytes ([`wire`]), and
 //! peers [`State::merge`] it. Merges are commutative, associative and
 //! idempotent, so deltas may arrive in any order, any number of times, and
-//! every node ends with the same lists. Each merge returns a [`Diff`] of the
-//! joins, leaves and updates it caused.
+//! every replica ends with the same lists. Each merge returns a [`Diff`] of
+//! the joins, leaves and updates it caused. [`protocol::Node`] runs the
+//! replication protocol over a `State` as a state machine without I/O:
+//! time and messages go in, messages to send and events come out.
 //!
 //! ```
 //! use attendance::{Incarnation, ReplicaId, ReplicaName, State, wire};
@@ -49,21 +105,23 @@
 
 pub mod protocol;
 #[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub mod runtime;
 mod state;
 #[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub mod transport;
 pub mod wire;
 
+#[cfg(feature = "runtime")]
+pub use runtime::{
+    PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
+    TrackerMetrics,
+};
+
 pub use state::{
-    Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyPresences, Limits,
+    Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyGroup, KeyGroupRef, Limits,
     MAX_REPLICA_NAME_LEN, Meta, Presence, PresenceId, PresenceRef, PurgeReason, PurgeRecord,
     Reincarnation, ReplicaId, ReplicaInfo, ReplicaName, State, StateBuilder, StateError, Topic,
     TopicDiff, Update,
-};
-
-#[cfg(feature = "runtime")]
-pub use runtime::{
-    KeyGroup, PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
-    TrackerMetrics,
 };

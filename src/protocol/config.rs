@@ -69,39 +69,56 @@ impl Config {
     /// [`ConfigError`] naming the first setting that does not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.broadcast_period < Duration::from_millis(1) {
-            return Err(ConfigError("broadcast_period must be at least 1 ms"));
+            return Err(ConfigError::BroadcastPeriodTooShort);
         }
         if self.down_period < self.broadcast_period * 3 {
-            return Err(ConfigError(
-                "down_period must be at least 3 broadcast periods",
-            ));
+            return Err(ConfigError::DownPeriodTooShort);
         }
         if self.permdown_period < self.down_period {
-            return Err(ConfigError("permdown_period must be at least down_period"));
+            return Err(ConfigError::PermdownPeriodTooShort);
         }
         if self.tombstone_ttl < self.permdown_period {
-            return Err(ConfigError(
-                "tombstone_ttl must be at least permdown_period",
-            ));
+            return Err(ConfigError::TombstoneTtlTooShort);
         }
         if self.catchup_timeout < self.broadcast_period {
-            return Err(ConfigError(
-                "catchup_timeout must be at least one broadcast period",
-            ));
+            return Err(ConfigError::CatchupTimeoutTooShort);
         }
         if self.max_message_bytes < 64 << 10 {
-            return Err(ConfigError("max_message_bytes must be at least 64 KiB"));
+            return Err(ConfigError::MaxMessageBytesTooSmall);
         }
         if self.max_catchup_bytes < self.max_message_bytes {
-            return Err(ConfigError(
-                "max_catchup_bytes must be at least max_message_bytes",
-            ));
+            return Err(ConfigError::MaxCatchupBytesTooSmall);
         }
         Ok(())
     }
 }
 
-/// A [`Config`] whose settings do not fit together.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid protocol configuration: {0}")]
-pub struct ConfigError(&'static str);
+/// A [`Config`] whose settings do not fit together: which rule the first
+/// offending setting breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `broadcast_period` is under 1 ms.
+    #[error("invalid protocol configuration: broadcast_period must be at least 1 ms")]
+    BroadcastPeriodTooShort,
+    /// `down_period` is under three broadcast periods.
+    #[error("invalid protocol configuration: down_period must be at least 3 broadcast periods")]
+    DownPeriodTooShort,
+    /// `permdown_period` is under `down_period`.
+    #[error("invalid protocol configuration: permdown_period must be at least down_period")]
+    PermdownPeriodTooShort,
+    /// `tombstone_ttl` is under `permdown_period`.
+    #[error("invalid protocol configuration: tombstone_ttl must be at least permdown_period")]
+    TombstoneTtlTooShort,
+    /// `catchup_timeout` is under one broadcast period.
+    #[error(
+        "invalid protocol configuration: catchup_timeout must be at least one broadcast period"
+    )]
+    CatchupTimeoutTooShort,
+    /// `max_message_bytes` is under 64 KiB.
+    #[error("invalid protocol configuration: max_message_bytes must be at least 64 KiB")]
+    MaxMessageBytesTooSmall,
+    /// `max_catchup_bytes` is under `max_message_bytes`.
+    #[error("invalid protocol configuration: max_catchup_bytes must be at least max_message_bytes")]
+    MaxCatchupBytesTooSmall,
+}

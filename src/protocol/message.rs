@@ -31,6 +31,23 @@ impl MessageKind {
     pub(crate) fn index(self) -> usize {
         self as usize
     }
+
+    /// The kind's name as metrics and logs label it: `heartbeat`,
+    /// `interval`, `catchup_request`, `catchup_reply`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Heartbeat => "heartbeat",
+            MessageKind::Interval => "interval",
+            MessageKind::CatchUpRequest => "catchup_request",
+            MessageKind::CatchUpReply => "catchup_reply",
+        }
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A decoded message and who sent it.

@@ -178,6 +178,18 @@ pub struct Node<M> {
     now: Duration,
 }
 
+impl<M: Meta> std::fmt::Debug for Node<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("replica", self.state.replica())
+            .field("beat", &self.beat)
+            .field("broadcast", &self.broadcast)
+            .field("remotes", &self.remotes.len())
+            .field("links", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<M: Meta> Node<M> {
     /// A node driving `state`. Its first [`Node::handle_timeout`] sends the
     /// first heartbeats.

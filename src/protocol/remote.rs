@@ -21,6 +21,18 @@ pub enum ReplicaStatus {
     Purged(PurgeReason),
 }
 
+impl std::fmt::Display for ReplicaStatus {
+    /// `joining`, `up`, `down`, or `purged (REASON)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplicaStatus::Joining => f.write_str("joining"),
+            ReplicaStatus::Up => f.write_str("up"),
+            ReplicaStatus::Down => f.write_str("down"),
+            ReplicaStatus::Purged(reason) => write!(f, "purged ({reason})"),
+        }
+    }
+}
+
 impl ReplicaStatus {
     /// Dead for good: it left or a newer incarnation replaced it.
     pub(crate) fn is_dead(self) -> bool {

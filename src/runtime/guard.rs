@@ -14,6 +14,14 @@ pub struct PresenceGuard<M: Meta> {
     id: PresenceId,
 }
 
+impl<M: Meta> std::fmt::Debug for PresenceGuard<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PresenceGuard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<M: Meta> PresenceGuard<M> {
     pub(crate) fn new(shared: Arc<Shared<M>>, id: PresenceId) -> Self {
         Self { shared, id }

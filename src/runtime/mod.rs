@@ -9,6 +9,10 @@
 //! sends what the protocol wants sent. The lock is never held across an
 //! `.await`.
 //!
+//! A [`TrackerBuilder`] takes the protocol's periods and bounds as a
+//! [`Config`](crate::protocol::Config) and the state's size limits as
+//! [`Limits`](crate::Limits); both have defaults.
+//!
 //! ```
 //! use attendance::Tracker;
 //! use attendance::transport::MemoryNetwork;
@@ -53,36 +57,13 @@ pub use guard::PresenceGuard;
 pub use subscription::{Subscription, SubscriptionEvent};
 
 use crate::protocol::{Config, ConfigError, Event, Metrics, Node, ReplicaStatus};
-use crate::transport::{Transport, TransportError, TransportEvent};
+use crate::state::group_by_key;
+use crate::transport::{StatsReader, Transport, TransportError, TransportEvent, TransportStats};
 use crate::{
-    Incarnation, Key, Limits, Meta, Presence, PresenceId, ReplicaId, ReplicaName, State, StateError,
+    Incarnation, KeyGroup, Limits, Meta, Presence, PresenceId, ReplicaId, ReplicaName, State,
+    StateError,
 };
 use subscription::{Subscriber, Subscribers, publish};
-
-/// The presences of one key on a topic, as [`Tracker::list`] groups them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct KeyGroup<M> {
-    /// The key.
-    pub key: Key,
-    /// Its presences, in id order.
-    pub presences: Vec<Presence<M>>,
-}
-
-/// Groups presences sorted by key.
-pub(crate) fn group_by_key<M>(presences: Vec<Presence<M>>) -> Vec<KeyGroup<M>> {
-    let mut groups: Vec<KeyGroup<M>> = Vec::new();
-    for p in presences {
-        match groups.last_mut() {
-            Some(g) if &g.key == p.key() => g.presences.push(p),
-            _ => groups.push(KeyGroup {
-                key: p.key().clone(),
-                presences: vec![p],
-            }),
-        }
-    }
-    groups
-}
 
 /// Why a tracker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +96,22 @@ pub struct TrackerBuilder<M> {
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsConfig>,
     meta: PhantomData<fn() -> M>,
+}
+
+impl<M> std::fmt::Debug for TrackerBuilder<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("TrackerBuilder");
+        d.field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("config", &self.config)
+            .field("limits", &self.limits)
+            .field("subscriber_queue", &self.subscriber_queue);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish()
+    }
 }
 
 impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
@@ -179,6 +176,10 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     ///
     /// A missing listen address or secret, an invalid name or
     /// configuration, or a listener that cannot bind.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the tracker's task).
     pub async fn start(self) -> Result<Tracker<M>, StartError> {
         use crate::transport::tcp::{TAG_LEN, TcpConfig, TcpTransport};
         let listen = self.listen.ok_or(StartError::Missing("listen address"))?;
@@ -208,6 +209,11 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// # Errors
     ///
     /// An invalid name or configuration.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: it spawns the tracker's task, as
+    /// [`tokio::spawn`] does.
     pub fn start_with<T: Transport>(
         self,
         transport: impl FnOnce(ReplicaId) -> T,
@@ -235,6 +241,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         self.config.validate()?;
         let state = State::builder(id.clone()).limits(self.limits).build();
         let node = Node::new(state, self.config)?;
+        let transport_stats = transport.stats_reader();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 node,
@@ -245,6 +252,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
             origin: Instant::now(),
             next_subscriber: AtomicU64::new(0),
             subscriber_queue: self.subscriber_queue,
+            transport_stats,
         });
         let (commands, rx) = mpsc::channel(16);
         let span = tracing::info_span!("tracker", replica = %id);
@@ -272,6 +280,15 @@ pub struct Tracker<M: Meta> {
     commands: mpsc::Sender<Command>,
     id: ReplicaId,
     local_addr: Option<SocketAddr>,
+}
+
+impl<M: Meta> std::fmt::Debug for Tracker<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M: Meta> Clone for Tracker<M> {
@@ -305,6 +322,9 @@ pub struct TrackerMetrics {
     pub peers_connected: usize,
     /// Visible presences per topic.
     pub presences: BTreeMap<String, usize>,
+    /// The transport's own counters, when it keeps any (the TCP mesh does:
+    /// [`TransportStats::Tcp`]).
+    pub transport: Option<TransportStats>,
 }
 
 impl<M: Meta + Send + Sync + 'static> Tracker<M> {
@@ -411,6 +431,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
                 .into_iter()
                 .map(|(t, n)| (t.as_str().to_string(), n))
                 .collect(),
+            transport: self.shared.transport_stats.as_ref().map(StatsReader::read),
         }
     }
 
@@ -447,6 +468,7 @@ pub(crate) struct Shared<M> {
     origin: Instant,
     next_subscriber: AtomicU64,
     subscriber_queue: usize,
+    transport_stats: Option<StatsReader>,
 }
 
 pub(crate) struct Inner<M> {

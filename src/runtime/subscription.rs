@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
-use super::{KeyGroup, Shared, group_by_key};
-use crate::{Meta, TopicDiff};
+use super::Shared;
+use crate::state::group_by_key;
+use crate::{KeyGroup, Meta, TopicDiff};
 
 /// What a subscription yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +41,15 @@ pub struct Subscription<M: Meta> {
     id: u64,
     rx: mpsc::Receiver<TopicDiff<M>>,
     shared: Arc<Shared<M>>,
+}
+
+impl<M: Meta> std::fmt::Debug for Subscription<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M: Meta> Subscription<M> {

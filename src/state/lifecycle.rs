@@ -20,6 +20,16 @@ pub enum PurgeReason {
     Superseded,
 }
 
+impl std::fmt::Display for PurgeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PurgeReason::Permdown => "permdown",
+            PurgeReason::Left => "left",
+            PurgeReason::Superseded => "superseded",
+        })
+    }
+}
+
 /// What is kept of a purged incarnation so that stale data about it is
 /// ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,6 +19,7 @@ mod merge;
 mod replica;
 mod slab;
 pub(crate) mod store;
+mod view;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -35,6 +36,9 @@ pub use ids::{
 };
 pub use lifecycle::{PurgeReason, PurgeRecord, Reincarnation};
 pub use limits::{Limits, StateError};
+#[cfg(feature = "runtime")]
+pub(crate) use view::group_by_key;
+pub use view::{KeyGroup, KeyGroupRef, PresenceRef};
 
 pub(crate) use delta::{Part, PartEntry, Removal};
 use diff::DiffBuilder;
@@ -107,26 +111,6 @@ impl<M> Change<M> {
     pub fn into_parts(self) -> (Delta<M>, Diff<M>) {
         (self.delta, self.diff)
     }
-}
-
-/// A visible presence as a query returns it: borrowed from the state.
-#[derive(Debug, PartialEq, Eq)]
-pub struct PresenceRef<'a, M> {
-    /// Its stable id.
-    pub id: PresenceId,
-    /// The counter of its current version.
-    pub version: u64,
-    /// Its metadata.
-    pub meta: &'a M,
-}
-
-/// The presences of one key, as [`State::list`] groups them.
-#[derive(Debug, PartialEq, Eq)]
-pub struct KeyPresences<'a, M> {
-    /// The key.
-    pub key: &'a Key,
-    /// Its presences, ordered by id.
-    pub presences: Vec<PresenceRef<'a, M>>,
 }
 
 /// One replica whose sub-state a [`State`] holds.
@@ -414,7 +398,7 @@ impl<M: Meta> State<M> {
     // --- queries ---------------------------------------------------------
 
     /// The visible presences on `topic`, grouped by key in key order.
-    pub fn list(&self, topic: &str) -> Vec<KeyPresences<'_, M>> {
+    pub fn list(&self, topic: &str) -> Vec<KeyGroupRef<'_, M>> {
         let Some(t) = self.store.topic_index(topic) else {
             return Vec::new();
         };
@@ -430,12 +414,12 @@ impl<M: Meta> State<M> {
                 b.pid,
             ))
         });
-        let mut groups: Vec<KeyPresences<'_, M>> = Vec::new();
+        let mut groups: Vec<KeyGroupRef<'_, M>> = Vec::new();
         for e in members {
             let presence = self.presence_ref(e);
             match groups.last_mut() {
                 Some(group) if group.key == &e.payload.key => group.presences.push(presence),
-                _ => groups.push(KeyPresences {
+                _ => groups.push(KeyGroupRef {
                     key: &e.payload.key,
                     presences: vec![presence],
                 }),

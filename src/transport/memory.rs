@@ -149,7 +149,17 @@ impl MemoryNetwork {
     }
 }
 
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hub = self.hub();
+        f.debug_struct("MemoryNetwork")
+            .field("members", &hub.members.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One member's end of a [`MemoryNetwork`].
+#[derive(Debug)]
 pub struct MemoryTransport {
     id: ReplicaId,
     rx: mpsc::Receiver<TransportEvent>,

@@ -11,15 +11,51 @@ pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use bytes::Bytes;
+/// The byte buffer messages travel in, re-exported from the `bytes` crate.
+pub use bytes::Bytes;
 
 use crate::ReplicaId;
 use crate::protocol::Destination;
 
 pub use memory::{MemoryNetwork, MemoryTransport};
+
+/// A transport's own counters, as [`TrackerMetrics::transport`](crate::TrackerMetrics::transport)
+/// reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportStats {
+    /// The TCP mesh's: traffic, handshakes, refusals, drops.
+    Tcp(tcp::TcpStats),
+}
+
+/// Reads a transport's counters from any thread while the transport runs
+/// (a [`Tracker`](crate::Tracker) holds one, the transport itself being
+/// owned by its driver task).
+#[derive(Clone)]
+pub struct StatsReader(Arc<dyn Fn() -> TransportStats + Send + Sync>);
+
+impl StatsReader {
+    /// A reader that calls `read` for every reading.
+    pub fn new(read: impl Fn() -> TransportStats + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+
+    /// The counters now.
+    pub fn read(&self) -> TransportStats {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for StatsReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StatsReader").field(&self.read()).finish()
+    }
+}
 
 /// What a transport reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,14 +85,19 @@ pub enum TransportError {
     /// A socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The settings are not usable.
-    #[error("invalid transport settings: {0}")]
-    Config(&'static str),
+    /// A setting is not usable.
+    #[error("invalid transport setting {setting}: it {requirement}")]
+    Config {
+        /// The setting's name, as its field is called.
+        setting: &'static str,
+        /// What the setting must be.
+        requirement: &'static str,
+    },
     /// The TLS settings are not usable (a certificate or key that does not
     /// parse or match).
     #[cfg(feature = "tls")]
-    #[error("invalid TLS settings: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Carries messages between replicas.
@@ -80,6 +121,12 @@ pub trait Transport: Send + 'static {
     fn add_peer(&mut self, address: SocketAddr) -> Result<(), TransportError> {
         let _ = address;
         Err(TransportError::Unsupported("peer addresses"))
+    }
+
+    /// A reader of this transport's counters, if it keeps any. The
+    /// default keeps none.
+    fn stats_reader(&self) -> Option<StatsReader> {
+        None
     }
 
     /// Sends what is queued (waiting a bounded time), then closes every

@@ -199,43 +199,50 @@ impl TcpConfig {
     fn validate(&self) -> Result<(), TransportError> {
         let max_frame = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
         let checks = [
-            (
-                self.secret.is_empty(),
-                "the cluster secret must not be empty",
-            ),
+            (self.secret.is_empty(), "secret", "must not be empty"),
             (
                 self.max_frame_bytes < MIN_FRAME_BYTES,
-                "max_frame_bytes must be at least 64 KiB + 16 bytes",
+                "max_frame_bytes",
+                "must be at least 64 KiB + 16 bytes",
             ),
             (
                 self.max_frame_bytes > max_frame,
-                "max_frame_bytes must fit a 4-byte length",
+                "max_frame_bytes",
+                "must fit a 4-byte length",
             ),
-            (self.queue_len == 0, "queue_len must be at least 1"),
-            (self.queue_bytes == 0, "queue_bytes must be at least 1"),
+            (self.queue_len == 0, "queue_len", "must be at least 1"),
+            (self.queue_bytes == 0, "queue_bytes", "must be at least 1"),
             (
                 self.connect_backoff_min.is_zero(),
-                "connect_backoff_min must be positive",
+                "connect_backoff_min",
+                "must be positive",
             ),
             (
                 self.connect_backoff_max < self.connect_backoff_min,
-                "connect_backoff_max must be at least connect_backoff_min",
+                "connect_backoff_max",
+                "must be at least connect_backoff_min",
             ),
             (
                 self.handshake_timeout.is_zero(),
-                "handshake_timeout must be positive",
+                "handshake_timeout",
+                "must be positive",
             ),
             (
                 self.keepalive_interval.is_zero(),
-                "keepalive_interval must be positive",
+                "keepalive_interval",
+                "must be positive",
             ),
             (
                 self.idle_timeout <= self.keepalive_interval,
-                "idle_timeout must exceed keepalive_interval",
+                "idle_timeout",
+                "must exceed keepalive_interval",
             ),
         ];
-        match checks.into_iter().find(|(failed, _)| *failed) {
-            Some((_, why)) => Err(TransportError::Config(why)),
+        match checks.into_iter().find(|(failed, ..)| *failed) {
+            Some((_, setting, requirement)) => Err(TransportError::Config {
+                setting,
+                requirement,
+            }),
             None => Ok(()),
         }
     }
@@ -417,8 +424,11 @@ impl TcpTransport {
     /// secret), [`TransportError::Io`] when the address cannot be bound.
     pub async fn bind(config: TcpConfig) -> Result<Self, TransportError> {
         config.validate()?;
-        let secret = HmacSha256::new_from_slice(&config.secret)
-            .map_err(|_| TransportError::Config("the cluster secret cannot key HMAC-SHA256"))?;
+        let secret =
+            HmacSha256::new_from_slice(&config.secret).map_err(|_| TransportError::Config {
+                setting: "secret",
+                requirement: "must key HMAC-SHA256",
+            })?;
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE_LEN);
@@ -505,6 +515,13 @@ impl TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    fn stats_reader(&self) -> Option<super::StatsReader> {
+        let shared = Arc::clone(&self.shared);
+        Some(super::StatsReader::new(move || {
+            super::TransportStats::Tcp(shared.counters.snapshot())
+        }))
+    }
+
     fn send(&mut self, to: &Destination, bytes: Bytes) {
         let shared = &self.shared;
         // Empty frames are keepalives; the protocol never sends empty
@@ -1705,7 +1722,7 @@ mod tests {
         let refused = async |config: TcpConfig| {
             matches!(
                 TcpTransport::bind(config).await,
-                Err(TransportError::Config(_))
+                Err(TransportError::Config { .. })
             )
         };
         assert!(refused(TcpConfig::new(id("a", 1), listen, "")).await);
@@ -1750,7 +1767,7 @@ mod tests {
         use tokio::net::TcpListener;
 
         use super::*;
-        use crate::transport::tls::TlsConfig;
+        use crate::transport::tls::{TlsConfig, TlsError};
 
         const MARKER: &[u8] = b"a presence nobody outside may read";
 
@@ -1869,17 +1886,37 @@ mod tests {
                 fixture("cluster-node.key"),
             );
             let junk = b"not PEM at all".as_slice();
-            for (ca, cert, key) in [
-                (junk, &cert[..], &key[..]),
-                (&ca[..], junk, &key[..]),
-                (&ca[..], &cert[..], junk),
-                (&ca[..], &cert[..], &fixture("other-node.key")[..]),
-            ] {
-                assert!(matches!(
-                    TlsConfig::from_pem(ca, cert, key),
-                    Err(TransportError::Tls(_))
-                ));
-            }
+            let wrong_key = fixture("other-node.key");
+            let check =
+                |ca: &[u8], cert: &[u8], key: &[u8], expected: &dyn Fn(&TlsError) -> bool| {
+                    match TlsConfig::from_pem(ca, cert, key) {
+                        Err(TransportError::Tls(error)) => {
+                            assert!(expected(&error), "unexpected {error:?}");
+                            let detailed = matches!(error, TlsError::Missing(_))
+                                || std::error::Error::source(&error).is_some();
+                            assert!(detailed, "{error:?} lost its source");
+                        }
+                        other => panic!("expected a TLS error, got {other:?}"),
+                    }
+                };
+            check(junk, &cert, &key, &|e| {
+                matches!(e, TlsError::Missing("certificate authority"))
+            });
+            check(&ca, junk, &key, &|e| {
+                matches!(e, TlsError::Missing("certificate"))
+            });
+            check(&ca, &cert, junk, &|e| {
+                matches!(
+                    e,
+                    TlsError::Pem {
+                        what: "private key",
+                        ..
+                    }
+                )
+            });
+            check(&ca, &cert, &wrong_key, &|e| {
+                matches!(e, TlsError::Rejected { .. })
+            });
         }
     }
 }

@@ -30,6 +30,36 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::TransportError;
 
+/// Why TLS settings are not usable. The underlying rustls or PEM error is
+/// the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM input holds no item of this kind.
+    #[error("invalid TLS settings: no {0} in the PEM input")]
+    Missing(&'static str),
+    /// A PEM input does not parse.
+    #[error("invalid TLS settings: the {what} PEM does not parse")]
+    Pem {
+        /// Which input: `certificate authority`, `certificate` or `private key`.
+        what: &'static str,
+        /// What the PEM parser said.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused a certificate, a key, or the settings made of them
+    /// (a key that does not match its certificate, say).
+    #[error("invalid TLS settings: rustls refused the {what}")]
+    Rejected {
+        /// What was refused.
+        what: &'static str,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// The certificate authority cannot check client certificates.
+    #[error("invalid TLS settings: the certificate authority cannot verify clients")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+}
+
 /// The TLS settings of a TCP mesh replica: how it dials (as a client) and
 /// how it accepts (as a server).
 ///
@@ -73,55 +103,60 @@ impl TlsConfig {
     ///
     /// # Errors
     ///
-    /// [`TransportError::Tls`] when a PEM input holds no usable certificate
-    /// or key, or the key does not match the certificate.
+    /// [`TransportError::Tls`] with a [`TlsError`] when a PEM input holds no
+    /// usable certificate or key, or the key does not match the certificate.
     pub fn from_pem(
         ca_pem: &[u8],
         cert_pem: &[u8],
         key_pem: &[u8],
     ) -> Result<Self, TransportError> {
-        let bad =
-            |what: &str, error: &dyn fmt::Display| TransportError::Tls(format!("{what}: {error}"));
         let mut roots = RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca_pem) {
-            let ca = ca.map_err(|e| bad("certificate authority", &e))?;
-            roots
-                .add(ca)
-                .map_err(|e| bad("certificate authority", &e))?;
+            let ca = ca.map_err(|source| TlsError::Pem {
+                what: "certificate authority",
+                source,
+            })?;
+            roots.add(ca).map_err(|source| TlsError::Rejected {
+                what: "certificate authority",
+                source,
+            })?;
         }
         if roots.is_empty() {
-            return Err(TransportError::Tls(
-                "no certificate authority in the PEM input".into(),
-            ));
+            return Err(TlsError::Missing("certificate authority").into());
         }
         let roots = Arc::new(roots);
         let chain = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", &e))?;
+            .map_err(|source| TlsError::Pem {
+                what: "certificate",
+                source,
+            })?;
         if chain.is_empty() {
-            return Err(TransportError::Tls(
-                "no certificate in the PEM input".into(),
-            ));
+            return Err(TlsError::Missing("certificate").into());
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("private key", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
+            what: "private key",
+            source,
+        })?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
                 .build()
-                .map_err(|e| bad("client verifier", &e))?;
+                .map_err(TlsError::Verifier)?;
+        let rejected = |what| move |source| TlsError::Rejected { what, source };
         let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| bad("server", &e))?
+            .map_err(rejected("server settings"))?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| bad("server certificate", &e))?;
+            .map_err(rejected("certificate or key"))?;
         let client = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| bad("client", &e))?
+            .map_err(rejected("client settings"))?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| bad("client certificate", &e))?;
+            .map_err(rejected("certificate or key"))?;
         Ok(Self::new(Arc::new(client), Arc::new(server)))
     }
 
