@@ -10,8 +10,8 @@
 //! `.await`.
 //!
 //! A [`TrackerBuilder`] takes the protocol's periods and bounds as a
-//! [`Config`](crate::protocol::Config) and the state's size limits as
-//! [`Limits`](crate::Limits); both have defaults.
+//! [`Config`] and the state's size limits as
+//! [`Limits`]; both have defaults.
 //!
 //! ```
 //! use attendance::Tracker;
