@@ -132,12 +132,13 @@ impl Cluster {
             self.now = self.now.max(next);
             let now = self.now;
             if message == Some(next) {
-                if let Some((_, (_, to, bytes))) = self.in_flight.pop_first()
+                if let Some((_, (from, to, bytes))) = self.in_flight.pop_first()
+                    && let Some(sender) = self.id(from)
                     && let Some(node) = self.hosts[to].as_mut()
                 {
                     // A refused message is counted by the node; the demo
                     // network only ever carries valid ones.
-                    let _ = node.handle_message(now, &bytes);
+                    let _ = node.handle_message(now, &sender, &bytes);
                 }
             } else if let Some((_, host)) = timer
                 && let Some(node) = self.hosts[host].as_mut()

@@ -27,10 +27,10 @@ fn node() -> Node<u8> {
         a.handle_timeout(now);
         b.handle_timeout(now);
         while let Some(t) = b.poll_transmit() {
-            let _ = a.handle_message(now, &t.bytes);
+            let _ = a.handle_message(now, &id("b"), &t.bytes);
         }
         while let Some(t) = a.poll_transmit() {
-            let _ = b.handle_message(now, &t.bytes);
+            let _ = b.handle_message(now, &id("a"), &t.bytes);
         }
     }
     a
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
     let mut a = node();
     let before = view(&a);
     let now = Duration::from_secs(5);
-    if a.handle_message(now, data).is_err() {
+    if a.handle_message(now, &id("b"), data).is_err() {
         assert_eq!(view(&a), before, "a refused message changed the node");
     }
     a.handle_timeout(now + Duration::from_secs(2));

@@ -37,6 +37,15 @@ pub struct Config {
     /// Intervals of one replica held while an earlier one is missing.
     /// Default 64; beyond it they are dropped and caught up later.
     pub max_buffered_intervals: usize,
+    /// Bytes of out-of-order intervals held across all replicas. Default
+    /// 16 MiB; beyond it they are dropped and caught up later.
+    pub max_buffered_bytes: usize,
+    /// The most counters one interval may span (`to - from`). Default
+    /// 65,536: a replica splits a busier period into several intervals,
+    /// and refuses wider ones from peers. An interval is held out of order
+    /// only when it starts at most `max_interval_span ×
+    /// max_buffered_intervals` past what is held.
+    pub max_interval_span: u64,
 }
 
 impl Default for Config {
@@ -59,6 +68,8 @@ impl Config {
             max_message_bytes: 1 << 20,
             max_catchup_bytes: 64 << 20,
             max_buffered_intervals: 64,
+            max_buffered_bytes: 16 << 20,
+            max_interval_span: 1 << 16,
         }
     }
 
@@ -88,6 +99,9 @@ impl Config {
         }
         if self.max_catchup_bytes < self.max_message_bytes {
             return Err(ConfigError::MaxCatchupBytesTooSmall);
+        }
+        if self.max_interval_span == 0 || self.max_interval_span > crate::state::MAX_COUNTER {
+            return Err(ConfigError::MaxIntervalSpanOutOfRange);
         }
         Ok(())
     }
@@ -121,4 +135,7 @@ pub enum ConfigError {
     /// `max_catchup_bytes` is under `max_message_bytes`.
     #[error("invalid protocol configuration: max_catchup_bytes must be at least max_message_bytes")]
     MaxCatchupBytesTooSmall,
+    /// `max_interval_span` is 0 or above 2^53.
+    #[error("invalid protocol configuration: max_interval_span must be between 1 and 2^53")]
+    MaxIntervalSpanOutOfRange,
 }

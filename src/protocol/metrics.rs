@@ -29,11 +29,31 @@ pub struct Metrics {
     /// Messages refused: malformed, from a stale incarnation's data, or
     /// over a limit.
     pub rejected: u64,
+    /// Of those, messages that named another replica than the
+    /// authenticated peer they came from.
+    pub wrong_sender: u64,
+    /// Relayed heartbeat numbers ignored because they ran further ahead
+    /// than the time since the last one allows.
+    pub implausible_beats: u64,
     /// Entries whose meta did not decode (another application version).
     pub undecodable_metas: u64,
     /// Intervals dropped because too many were already waiting for an
-    /// earlier one.
+    /// earlier one, or they started too far ahead.
     pub intervals_dropped: u64,
+    /// Catch-up requests not answered without encoding anything: repeated
+    /// before the last answer could have been applied, or asking for what
+    /// was already found too large to send.
+    pub catchups_declined: u64,
+    /// Catch-up answers encoded and found larger than
+    /// `max_catchup_bytes`: not sent, and not encoded again until the
+    /// replica changes.
+    pub catchups_too_large: u64,
+    /// Catch-up answers refused here (undecodable, or over a limit of this
+    /// replica); the next request backs off.
+    pub catchups_refused: u64,
+    /// Catch-up pieces dropped because no request of this replica asked
+    /// their sender for them.
+    pub unrequested_pieces: u64,
 }
 
 impl Metrics {

@@ -32,7 +32,7 @@
 //! fn step(now: Duration, from: &mut Node<String>, to: &mut Node<String>) {
 //!     from.handle_timeout(now);
 //!     while let Some(t) = from.poll_transmit() {
-//!         to.handle_message(now, &t.bytes).unwrap();
+//!         to.handle_message(now, from.id(), &t.bytes).unwrap();
 //!     }
 //! }
 //! let mut now = Duration::ZERO;
@@ -127,6 +127,10 @@ pub enum ProtocolError {
     /// The message is well-formed but says something impossible.
     #[error("invalid message: {0}")]
     Invalid(&'static str),
+    /// The message names another replica than the authenticated peer it
+    /// came from as its sender.
+    #[error("message names another replica than its authenticated sender")]
+    WrongSender,
 }
 
 /// Changes of this replica not broadcast yet: the counters `(from, to]`.
@@ -152,6 +156,24 @@ struct Link {
     lost_unknown: Option<Duration>,
 }
 
+/// How a heartbeat number reached this replica.
+#[derive(Clone, Copy)]
+enum Heard {
+    /// From the replica itself, over its authenticated link.
+    Directly,
+    /// Relayed by another replica, this many milliseconds old.
+    Relayed(u64),
+}
+
+/// The most replicas one heartbeat may introduce: those not known here yet.
+/// The rest are taken up from later heartbeats.
+const MAX_INTRODUCTIONS: usize = 64;
+
+/// The fewest bytes one presence takes in an encoded sub-state (a topic
+/// index, a one-byte key, a one-byte meta and two counter steps): a lower
+/// bound that sizes an answer before encoding it.
+const MIN_ENTRY_BYTES: usize = 6;
+
 /// Bytes of a message around its payload, kept free when splitting.
 const ENVELOPE_MARGIN: usize = 1024;
 
@@ -174,8 +196,23 @@ pub struct Node<M> {
     metrics: Metrics,
     reincarnations: VecDeque<Duration>,
     conflict: bool,
+    /// Catch-up answers sent lately, per requester and replica: a request
+    /// repeated before its answer could have been applied is not answered
+    /// twice.
+    served: BTreeMap<(ReplicaId, ReplicaId), Served>,
+    /// Answers found too large to send: per replica, from which counter
+    /// and at which counter held. Not encoded again, nor any from an
+    /// earlier counter, until more of the replica is held.
+    oversized: BTreeMap<ReplicaId, (u64, u64)>,
     /// The latest time an input came with.
     now: Duration,
+}
+
+/// A catch-up answer sent: from which counter to which, and when.
+#[derive(Clone)]
+struct Served {
+    to: u64,
+    at: Duration,
 }
 
 impl<M: Meta> std::fmt::Debug for Node<M> {
@@ -217,6 +254,8 @@ impl<M: Meta> Node<M> {
             metrics: Metrics::default(),
             reincarnations: VecDeque::new(),
             conflict: false,
+            served: BTreeMap::new(),
+            oversized: BTreeMap::new(),
             now: Duration::ZERO,
         })
     }
@@ -319,8 +358,9 @@ impl<M: Meta> Node<M> {
         let to = self.state.counter();
         let limit = (self.config.max_message_bytes - ENVELOPE_MARGIN) / 2;
         let size = size + 16;
+        let span = self.config.max_interval_span;
         match self.pending.last_mut() {
-            Some(chunk) if chunk.bytes + size <= limit => {
+            Some(chunk) if chunk.bytes + size <= limit && to - chunk.from <= span => {
                 chunk.delta.join(delta);
                 chunk.to = to;
                 chunk.bytes += size;
@@ -357,6 +397,14 @@ impl<M: Meta> Node<M> {
         self.check_liveness(now);
         self.check_requests(now);
         self.request_catchups(now);
+        let timeout = self.config.catchup_timeout;
+        self.served
+            .retain(|_, s| now.saturating_sub(s.at) < timeout);
+        let oversized = std::mem::take(&mut self.oversized);
+        self.oversized = oversized
+            .into_iter()
+            .filter(|(id, (_, at))| self.held(id) == *at)
+            .collect();
     }
 
     /// When [`Node::handle_timeout`] should run next: the next period, or
@@ -374,6 +422,11 @@ impl<M: Meta> Node<M> {
                 ReplicaStatus::Purged(_) => r.since + self.config.tombstone_ttl,
             };
             next = next.min(deadline);
+            if let Some(t) = r.backoff_until
+                && t > self.now
+            {
+                next = next.min(t);
+            }
             match &r.request {
                 Some(req) => next = next.min(req.sent_at + self.config.catchup_timeout),
                 // A third party ahead is asked a period after it said so.
@@ -444,13 +497,27 @@ impl<M: Meta> Node<M> {
         }
     }
 
-    /// A message from a peer.
+    /// A message that arrived over the link to `from`, the peer the
+    /// transport authenticated.
+    ///
+    /// The message must speak as `from`: its sender must carry `from`'s
+    /// name, at `from`'s incarnation or a newer one (a peer that moved
+    /// above a newer incarnation of its name keeps its link). What it says
+    /// about other replicas is hearsay: it can hasten suspicion of a silent
+    /// replica, never purge one.
     ///
     /// # Errors
     ///
-    /// When the bytes are not a valid message, or what it carries breaks a
-    /// limit; it is counted in [`Metrics::rejected`] and nothing changes.
-    pub fn handle_message(&mut self, now: Duration, bytes: &[u8]) -> Result<(), ProtocolError> {
+    /// When the bytes are not a valid message, the message speaks for
+    /// another replica ([`ProtocolError::WrongSender`]), or what it carries
+    /// breaks a limit; it is counted in [`Metrics::rejected`] and nothing
+    /// changes.
+    pub fn handle_message(
+        &mut self,
+        now: Duration,
+        from: &ReplicaId,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
         self.now = self.now.max(now);
         let envelope: Envelope<M> =
             match wire::message::decode(bytes, self.config.max_message_bytes) {
@@ -461,6 +528,11 @@ impl<M: Meta> Node<M> {
                 }
             };
         let Envelope { sender, message } = envelope;
+        if sender.name() != from.name() || sender.incarnation() < from.incarnation() {
+            self.metrics.rejected += 1;
+            self.metrics.wrong_sender += 1;
+            return Err(ProtocolError::WrongSender);
+        }
         self.metrics.count_received(message.kind(), bytes.len());
         if &sender == self.id() {
             return Ok(());
@@ -480,13 +552,13 @@ impl<M: Meta> Node<M> {
                 Ok(())
             }
             Message::Interval { from, to, delta } => {
-                self.on_interval(now, &sender, from, to, delta)
+                self.on_interval(now, &sender, (from, to), delta, bytes.len())
             }
             Message::CatchUpRequest { replica, since } => {
-                self.on_request(&sender, &replica, since);
+                self.on_request(now, &sender, &replica, since);
                 Ok(())
             }
-            Message::CatchUpReply(chunk) => self.on_reply(now, chunk),
+            Message::CatchUpReply(chunk) => self.on_reply(now, &sender, chunk),
         };
         if result.is_err() {
             self.metrics.rejected += 1;
@@ -585,6 +657,18 @@ impl<M: Meta> Node<M> {
                 state,
             });
         }
+        // Past max_message_bytes (thousands of replicas under a small
+        // limit), a different window of the entries goes every period.
+        let budget = self.config.max_message_bytes - ENVELOPE_MARGIN;
+        let mut size: usize = entries.iter().map(entry_bytes).sum();
+        if size > budget {
+            let start = usize::try_from(self.beat).unwrap_or(0) % entries.len();
+            entries.rotate_left(start);
+            while size > budget {
+                let Some(last) = entries.pop() else { break };
+                size -= entry_bytes(&last);
+            }
+        }
         let hb = Heartbeat {
             beat: self.beat,
             counter: self.broadcast,
@@ -605,9 +689,10 @@ impl<M: Meta> Node<M> {
             return;
         }
         self.links.entry(sender.clone()).or_default();
-        self.observe_beat(now, &sender, hb.beat, 0, Some(hb.counter));
+        self.observe_beat(now, &sender, hb.beat, Heard::Directly, Some(hb.counter));
         self.note_holder(now, &sender, &sender, Some(hb.counter));
         let mut mentioned = BTreeSet::new();
+        let mut introduced = 0;
         for entry in hb.entries {
             let id = match entry.id {
                 EntryId::Full(id) => id,
@@ -616,13 +701,6 @@ impl<M: Meta> Node<M> {
                     _ => continue,
                 },
             };
-            mentioned.insert(id.clone());
-            if let EntryState::Counter(c) = entry.state
-                && let Some(link) = self.links.get_mut(&sender)
-            {
-                let known = link.counters.entry(id.clone()).or_insert(c);
-                *known = (*known).max(c);
-            }
             if id.name() == self.id().name() {
                 if id.incarnation() > self.id().incarnation() {
                     self.superseded(now, id.incarnation());
@@ -633,13 +711,18 @@ impl<M: Meta> Node<M> {
                 continue;
             }
             if entry.state == EntryState::Dead {
-                self.purge(now, &id, PurgeReason::Left);
+                self.suspect(now, &id);
                 continue;
             }
             let fresh = entry.age_ms < millis(self.config.broadcast_period * 2);
             // A replica first heard of through a third party is only taken
-            // up on fresh news of it.
-            let known = self.remotes.contains_key(&id) || (fresh && self.learn(now, &id));
+            // up on fresh news of it, and only a few new ones a heartbeat,
+            // so that made-up ids cost little and fill nothing.
+            let known = self.remotes.contains_key(&id)
+                || (fresh && introduced < MAX_INTRODUCTIONS && {
+                    introduced += 1;
+                    self.learn(now, &id)
+                });
             if !known {
                 continue;
             }
@@ -647,7 +730,18 @@ impl<M: Meta> Node<M> {
                 EntryState::Counter(c) => Some(c),
                 _ => None,
             };
-            self.observe_beat(now, &id, entry.beat, entry.age_ms, advertised);
+            if let (Some(c), Some(link)) = (advertised, self.links.get_mut(&sender)) {
+                let known = link.counters.entry(id.clone()).or_insert(c);
+                *known = (*known).max(c);
+            }
+            mentioned.insert(id.clone());
+            self.observe_beat(
+                now,
+                &id,
+                entry.beat,
+                Heard::Relayed(entry.age_ms),
+                advertised,
+            );
             self.note_holder(now, &id, &sender, advertised);
         }
         if let Some(link) = self.links.get_mut(&sender) {
@@ -660,12 +754,17 @@ impl<M: Meta> Node<M> {
         &mut self,
         now: Duration,
         sender: &ReplicaId,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         delta: Delta<M>,
+        size: usize,
     ) -> Result<(), ProtocolError> {
         if from >= to {
             return Err(ProtocolError::Invalid("an interval must not be empty"));
+        }
+        if to - from > self.config.max_interval_span {
+            return Err(ProtocolError::Invalid(
+                "an interval spans more than max_interval_span counters",
+            ));
         }
         let within = delta.parts.iter().all(|p| {
             &p.replica == sender
@@ -689,9 +788,18 @@ impl<M: Meta> Node<M> {
             return Ok(());
         }
         if from > held {
-            let r = self.remotes.get_mut(sender).expect("checked above");
-            if r.buffer.len() < self.config.max_buffered_intervals {
-                r.buffer.insert(from, (to, delta));
+            let reach = (self.config.max_interval_span)
+                .saturating_mul(self.config.max_buffered_intervals as u64);
+            let total: usize = self.remotes.values().map(|r| r.buffered_bytes).sum();
+            let budget = self.config.max_buffered_bytes;
+            let Some(r) = self.remotes.get_mut(sender) else {
+                return Ok(());
+            };
+            if from - held <= reach
+                && r.buffer.len() < self.config.max_buffered_intervals
+                && total.saturating_add(size) <= budget
+            {
+                r.buffer_insert(from, to, delta, size);
             } else {
                 self.metrics.intervals_dropped += 1;
             }
@@ -703,7 +811,15 @@ impl<M: Meta> Node<M> {
         Ok(())
     }
 
-    fn on_request(&mut self, requester: &ReplicaId, replica: &ReplicaId, since: u64) {
+    /// Answers a catch-up request from `requester`, the authenticated
+    /// peer that sent it, and to no one else.
+    fn on_request(
+        &mut self,
+        now: Duration,
+        requester: &ReplicaId,
+        replica: &ReplicaId,
+        since: u64,
+    ) {
         let held = self.held(replica);
         let showable = replica == self.id()
             || self
@@ -713,12 +829,43 @@ impl<M: Meta> Node<M> {
         if !showable || held <= since {
             return;
         }
-        let delta = match self.state.changes_since(replica, since) {
-            Some(d) => d,
+        // One answer per requester and replica until it could have been
+        // applied: a request repeated sooner than an honest requester
+        // retries (a timeout after its own send, so about a timeout after
+        // our answer; half of it leaves room for uneven delays) buys
+        // nothing twice.
+        let key = (requester.clone(), replica.clone());
+        if let Some(last) = self.served.get(&key)
+            && since < last.to
+            && now.saturating_sub(last.at) < self.config.catchup_timeout / 2
+        {
+            self.metrics.catchups_declined += 1;
+            return;
+        }
+        // An answer already found too large is not encoded again.
+        if self
+            .oversized
+            .get(replica)
+            .is_some_and(|&(from, at)| at == held && since <= from)
+        {
+            self.metrics.catchups_declined += 1;
+            return;
+        }
+        let (delta, full) = match self.state.changes_since(replica, since) {
+            Some(d) => (d, false),
             None => {
-                self.metrics.full_transfers_served += 1;
+                // Nor is a whole sub-state whose smallest possible
+                // encoding is too large.
+                let least = self
+                    .state
+                    .presences_of(replica)
+                    .saturating_mul(MIN_ENTRY_BYTES);
+                if least > self.config.max_catchup_bytes {
+                    self.metrics.catchups_declined += 1;
+                    return;
+                }
                 match self.state.snapshot_of(replica) {
-                    Some(d) => d,
+                    Some(d) => (d, true),
                     None => return,
                 }
             }
@@ -727,8 +874,14 @@ impl<M: Meta> Node<M> {
             return;
         };
         if bytes.len() > self.config.max_catchup_bytes {
+            self.oversized.insert(replica.clone(), (since, held));
+            self.metrics.catchups_too_large += 1;
             return;
         }
+        if full {
+            self.metrics.full_transfers_served += 1;
+        }
+        self.served.insert(key, Served { to: held, at: now });
         self.metrics.catchups_served += 1;
         let piece = self.config.max_message_bytes - ENVELOPE_MARGIN;
         let total = bytes.len() as u64;
@@ -748,7 +901,15 @@ impl<M: Meta> Node<M> {
         }
     }
 
-    fn on_reply(&mut self, now: Duration, chunk: ReplyChunk) -> Result<(), ProtocolError> {
+    /// A piece of a catch-up answer from `sender`. Pieces are kept only
+    /// for the request outstanding, from the holder it was sent to, and go
+    /// with it when it times out.
+    fn on_reply(
+        &mut self,
+        now: Duration,
+        sender: &ReplicaId,
+        chunk: ReplyChunk,
+    ) -> Result<(), ProtocolError> {
         let ReplyChunk {
             replica,
             since,
@@ -771,6 +932,14 @@ impl<M: Meta> Node<M> {
         let Some(r) = self.remotes.get_mut(&replica) else {
             return Ok(());
         };
+        let asked = r
+            .request
+            .as_ref()
+            .is_some_and(|q| &q.holder == sender && q.since == since);
+        if !asked {
+            self.metrics.unrequested_pieces += 1;
+            return Ok(());
+        }
         let same = r
             .assembly
             .as_ref()
@@ -793,9 +962,31 @@ impl<M: Meta> Node<M> {
             return Ok(());
         };
         r.assembly = None;
-        let delta: Delta<M> = wire::decode_with_limit(&whole, self.config.max_catchup_bytes)?;
+        let result = self.apply_answer(now, &replica, (since, to), &whole);
+        if result.is_err() {
+            // Asking the same holder again at once would get the same
+            // answer: back off, and try another holder first.
+            self.metrics.catchups_refused += 1;
+            if let Some(r) = self.remotes.get_mut(&replica) {
+                r.request = None;
+                r.tried.insert(sender.clone());
+                r.backoff_until = Some(now + self.config.catchup_timeout);
+            }
+        }
+        result
+    }
+
+    /// Decodes a whole catch-up answer and applies it.
+    fn apply_answer(
+        &mut self,
+        now: Duration,
+        replica: &ReplicaId,
+        (since, to): (u64, u64),
+        whole: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let delta: Delta<M> = wire::decode_with_limit(whole, self.config.max_catchup_bytes)?;
         let exact = delta.parts.iter().all(|p| {
-            p.replica == replica && p.context.ranges().len() == 1 && p.context.max() == to
+            &p.replica == replica && p.context.ranges().len() == 1 && p.context.max() == to
         });
         if !exact || delta.parts.len() != 1 {
             return Err(ProtocolError::Invalid(
@@ -803,7 +994,7 @@ impl<M: Meta> Node<M> {
             ));
         }
         let lowest = delta.parts[0].context.min().unwrap_or(1);
-        self.apply_catchup(now, &replica, since, to, lowest, delta)
+        self.apply_catchup(now, replica, since, to, lowest, delta)
     }
 
     fn apply_catchup(
@@ -816,20 +1007,18 @@ impl<M: Meta> Node<M> {
         delta: Delta<M>,
     ) -> Result<(), ProtocolError> {
         let held = self.held(replica);
-        let r = self
-            .remotes
-            .get_mut(replica)
-            .expect("checked by the caller");
+        let Some(r) = self.remotes.get_mut(replica) else {
+            return Ok(());
+        };
         r.request = None;
         if r.readmit {
             if since != 0 || lowest != 1 || to < r.target {
                 return Ok(());
             }
             let diff = self.state.readmit(delta)?;
-            let r = self
-                .remotes
-                .get_mut(replica)
-                .expect("checked by the caller");
+            let Some(r) = self.remotes.get_mut(replica) else {
+                return Ok(());
+            };
             r.readmit = false;
             r.tried.clear();
             r.set_status(ReplicaStatus::Up, now);
@@ -842,7 +1031,7 @@ impl<M: Meta> Node<M> {
             return Ok(());
         }
         // Only an answer that extends what is held keeps the view a prefix.
-        if to <= held || lowest > held + 1 {
+        if to <= held || lowest > held.saturating_add(1) {
             return Ok(());
         }
         r.tried.clear();
@@ -860,13 +1049,9 @@ impl<M: Meta> Node<M> {
             let Some(r) = self.remotes.get_mut(replica) else {
                 break;
             };
-            let Some(entry) = r.buffer.first_entry() else {
+            let Some((to, delta)) = r.buffer_take(held) else {
                 break;
             };
-            if *entry.key() > held {
-                break;
-            }
-            let (to, delta) = entry.remove();
             if to > held {
                 match self.state.merge(delta) {
                     Ok(diff) => self.publish(diff),
@@ -921,7 +1106,8 @@ impl<M: Meta> Node<M> {
     }
 
     /// Data about `id` is to be ignored: it left, was replaced, or a newer
-    /// incarnation of its name is known.
+    /// incarnation of its name is known. Map lookups only: it runs for
+    /// every entry of every heartbeat.
     fn is_stale(&self, id: &ReplicaId) -> bool {
         if self.remotes.get(id).is_some_and(|r| r.status.is_dead()) {
             return true;
@@ -936,30 +1122,55 @@ impl<M: Meta> Node<M> {
         newer
             || self
                 .state
-                .purged()
-                .any(|(p, rec)| p == id && rec.reason != PurgeReason::Permdown)
+                .purge_record(id)
+                .is_some_and(|rec| rec.reason != PurgeReason::Permdown)
     }
 
-    /// A heartbeat number of `id`, `age_ms` old. Only a number above the
-    /// one known counts, and only when fresh is it a sign of life.
+    /// A heartbeat number of `id`. From `id` itself it is a sign of life
+    /// whatever its value (a peer cannot lie about itself to others'
+    /// harm). Relayed, only a number above the one known counts, only a
+    /// plausible one (at most a couple of periods ahead of what the
+    /// known number's age allows, so a lying relayer cannot push it out
+    /// of reach), and only a fresh one is a sign of life.
     fn observe_beat(
         &mut self,
         now: Duration,
         id: &ReplicaId,
         beat: u64,
-        age_ms: u64,
+        heard: Heard,
         advertised: Option<u64>,
     ) {
-        let fresh_limit = millis(self.config.broadcast_period * 2);
+        let period = self.config.broadcast_period;
+        let fresh_limit = millis(period * 2);
         let held = self.held(id);
         let Some(r) = self.remotes.get_mut(id) else {
             return;
         };
-        if beat <= r.beat {
-            return;
-        }
+        let age_ms = match heard {
+            Heard::Directly => 0,
+            Heard::Relayed(age_ms) => {
+                if beat <= r.beat {
+                    return;
+                }
+                if let Some(at) = r.beat_at {
+                    let periods = now.saturating_sub(at).as_nanos() / period.as_nanos().max(1);
+                    let plausible = r
+                        .beat
+                        .saturating_add(u64::try_from(periods).unwrap_or(u64::MAX))
+                        .saturating_add(2);
+                    if beat > plausible {
+                        self.metrics.implausible_beats += 1;
+                        return;
+                    }
+                }
+                age_ms
+            }
+        };
         let produced = now.saturating_sub(Duration::from_millis(age_ms));
-        r.beat = beat;
+        r.beat = match heard {
+            Heard::Directly => beat,
+            Heard::Relayed(_) => beat.max(r.beat),
+        };
         r.beat_at = Some(produced);
         if age_ms >= fresh_limit {
             return;
@@ -975,11 +1186,7 @@ impl<M: Meta> Node<M> {
                 r.set_status(ReplicaStatus::Joining, now);
             }
             ReplicaStatus::Purged(PurgeReason::Permdown) if !r.readmit => {
-                let purged_at = self
-                    .state
-                    .purged()
-                    .find(|(p, _)| *p == id)
-                    .map_or(0, |(_, rec)| rec.counter);
+                let purged_at = self.state.purge_record(id).map_or(0, |rec| rec.counter);
                 r.target = target.max(purged_at);
                 r.readmit = true;
                 r.set_status(ReplicaStatus::Joining, now);
@@ -987,6 +1194,22 @@ impl<M: Meta> Node<M> {
             _ => {}
         }
         self.try_show(now, id);
+    }
+
+    /// A third party says `id` left or was replaced. That is hearsay: it
+    /// hides `id` only when `id` has shown no sign of life here for two
+    /// periods (so a lying member cannot evict a replica others still
+    /// hear), it never purges (`Left` comes only from the owner), and it
+    /// creates no record of a replica not known here.
+    fn suspect(&mut self, now: Duration, id: &ReplicaId) {
+        let quiet = self.config.broadcast_period * 2;
+        let Some(r) = self.remotes.get(id) else {
+            return;
+        };
+        let live = matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining);
+        if live && now.saturating_sub(r.last_alive()) >= quiet {
+            self.mark_down(now, id);
+        }
     }
 
     /// Remembers that `holder` holds `id` up to `counter` (`None`: not
@@ -1154,11 +1377,18 @@ impl<M: Meta> Node<M> {
             if r.request.is_some() || r.status.is_dead() {
                 continue;
             }
+            if r.backoff_until.is_some_and(|t| now < t) {
+                continue;
+            }
             if matches!(r.status, ReplicaStatus::Purged(_)) && !r.readmit {
                 continue;
             }
             let held = if r.readmit { 0 } else { self.held(id) };
-            let needed = if r.readmit { r.target.max(1) } else { held + 1 };
+            let needed = if r.readmit {
+                r.target.max(1)
+            } else {
+                held.saturating_add(1)
+            };
             // The owner's word is acted on at once; a third party's after a
             // period, when the owner's own interval had time to arrive.
             let ready = |holder: &ReplicaId, c: u64, seen: Duration| {
@@ -1197,6 +1427,7 @@ impl<M: Meta> Node<M> {
             if let Some(r) = self.remotes.get_mut(&id) {
                 r.request = Some(Request {
                     holder,
+                    since,
                     sent_at: now,
                 });
             }
@@ -1240,7 +1471,10 @@ impl<M: Meta> Node<M> {
         }
         let current = self.id().incarnation();
         let nonce = current.nonce().wrapping_mul(0x9e37_79b9).wrapping_add(1);
-        let started = newer.started_ms().max(current.started_ms()) + 1;
+        let started = newer
+            .started_ms()
+            .max(current.started_ms())
+            .saturating_add(1);
         let Ok(moved) = self.state.reincarnate(Incarnation::new(started, nonce)) else {
             return;
         };
@@ -1263,6 +1497,16 @@ impl<M: Meta> Node<M> {
         }
         self.state.context(id).map_or(0, |c| c.contiguous_prefix())
     }
+}
+
+/// An upper bound of a digest entry's encoded size.
+fn entry_bytes(entry: &DigestEntry) -> usize {
+    let id = match &entry.id {
+        EntryId::Full(id) => 1 + id.name().as_str().len() + 10 + 5,
+        EntryId::Hash(_) => 4,
+    };
+    // The tag, the heartbeat number and the age: varints of at most 10.
+    30 + id
 }
 
 fn millis(d: Duration) -> u64 {

@@ -70,9 +70,16 @@ pub(crate) struct Remote<M> {
     pub(crate) request: Option<Request>,
     /// Holders already asked in vain since the last successful catch-up.
     pub(crate) tried: BTreeSet<ReplicaId>,
-    /// Intervals that arrived before an earlier one: `from -> (to, delta)`.
-    pub(crate) buffer: BTreeMap<u64, (u64, Delta<M>)>,
+    /// Intervals that arrived before an earlier one: `from -> (to, delta,
+    /// encoded bytes)`.
+    pub(crate) buffer: BTreeMap<u64, (u64, Delta<M>, usize)>,
+    /// The encoded bytes of what `buffer` holds.
+    pub(crate) buffered_bytes: usize,
     pub(crate) assembly: Option<Assembly>,
+    /// No catch-up is asked for before then: an answer from the last
+    /// holder was refused (it broke a limit here), so asking again at once
+    /// would only repeat it.
+    pub(crate) backoff_until: Option<Duration>,
 }
 
 impl<M> Remote<M> {
@@ -91,7 +98,9 @@ impl<M> Remote<M> {
             request: None,
             tried: BTreeSet::new(),
             buffer: BTreeMap::new(),
+            buffered_bytes: 0,
             assembly: None,
+            backoff_until: None,
         }
     }
 
@@ -111,7 +120,25 @@ impl<M> Remote<M> {
         self.request = None;
         self.tried.clear();
         self.buffer.clear();
+        self.buffered_bytes = 0;
         self.assembly = None;
+    }
+
+    /// Holds an interval that arrived before an earlier one.
+    pub(crate) fn buffer_insert(&mut self, from: u64, to: u64, delta: Delta<M>, bytes: usize) {
+        if let Some((.., old)) = self.buffer.insert(from, (to, delta, bytes)) {
+            self.buffered_bytes -= old;
+        }
+        self.buffered_bytes += bytes;
+    }
+
+    /// Takes the held interval starting lowest, if it starts at or below
+    /// `held`.
+    pub(crate) fn buffer_take(&mut self, held: u64) -> Option<(u64, Delta<M>)> {
+        let entry = self.buffer.first_entry().filter(|e| *e.key() <= held)?;
+        let (to, delta, bytes) = entry.remove();
+        self.buffered_bytes -= bytes;
+        Some((to, delta))
     }
 }
 
@@ -119,6 +146,8 @@ impl<M> Remote<M> {
 #[derive(Clone)]
 pub(crate) struct Request {
     pub(crate) holder: ReplicaId,
+    /// The counter the answer starts from.
+    pub(crate) since: u64,
     pub(crate) sent_at: Duration,
 }
 

@@ -576,9 +576,9 @@ async fn drive<M: Meta, T: Transport>(
                             inner.peers_up += 1;
                             inner.node.peer_connected(now, peer);
                         }
-                        TransportEvent::Message { bytes, .. } => {
-                            if let Err(error) = inner.node.handle_message(now, &bytes) {
-                                tracing::warn!(%error, "message refused");
+                        TransportEvent::Message { from, bytes } => {
+                            if let Err(error) = inner.node.handle_message(now, &from, &bytes) {
+                                tracing::warn!(%error, peer = %from, "message refused");
                             }
                         }
                         TransportEvent::LinkLost(peer) => {

@@ -4,6 +4,13 @@ use std::fmt;
 
 use smallvec::SmallVec;
 
+/// The largest counter, heartbeat number or incarnation start time (in
+/// ms) a peer may send: 2^53. Decoding refuses anything above it, so
+/// arithmetic on what peers send (`held + 1`, a counter plus a step) cannot
+/// overflow. A replica making a million changes a second reaches it after
+/// 285 years.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
 /// Ranges kept inline: most sets are one range, and a delta's set is made
 /// and dropped on every merge.
 type Ranges = SmallVec<[(u64, u64); 1]>;

@@ -236,6 +236,11 @@ impl<M: Meta> State<M> {
         removed
     }
 
+    /// The purge record of `replica`, if one is kept.
+    pub fn purge_record(&self, replica: &ReplicaId) -> Option<&PurgeRecord> {
+        self.purged.get(replica)
+    }
+
     /// The purge records kept, in replica order.
     pub fn purged(&self) -> impl Iterator<Item = (&ReplicaId, &PurgeRecord)> {
         self.purged.iter()

@@ -28,7 +28,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use counters::CounterSet;
+pub use counters::{CounterSet, MAX_COUNTER};
 pub use delta::Delta;
 pub use diff::{Diff, Presence, TopicDiff, Update};
 pub use ids::{
@@ -504,6 +504,13 @@ impl<M: Meta> State<M> {
                 removals_kept: slot.log.len(),
             }
         })
+    }
+
+    /// How many presences of `replica` are held, shown or hidden.
+    pub(crate) fn presences_of(&self, replica: &ReplicaId) -> usize {
+        self.replica_ids
+            .get(replica)
+            .map_or(0, |&i| self.store.replica_len(i))
     }
 
     /// Which counters of `replica` this state knows.

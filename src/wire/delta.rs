@@ -29,8 +29,8 @@ use super::WireError;
 use super::msgpack::{Reader, write_array, write_str, write_uint};
 use crate::state::store::Payload;
 use crate::state::{
-    CounterSet, Delta, Incarnation, Key, Meta, Part, PartEntry, Removal, ReplicaId, ReplicaName,
-    Topic,
+    CounterSet, Delta, Incarnation, Key, MAX_COUNTER, Meta, Part, PartEntry, Removal, ReplicaId,
+    ReplicaName, Topic,
 };
 
 /// The events a part's entries and removals spell out.
@@ -163,9 +163,11 @@ pub(crate) fn write<M: Meta>(out: &mut Vec<u8>, delta: &Delta<M>) -> Result<(), 
     Ok(())
 }
 
+/// A counter plus a step, refused past [`MAX_COUNTER`].
 fn add(a: u64, b: u64) -> Result<u64, WireError> {
     a.checked_add(b)
-        .ok_or(WireError::Malformed("counter overflows"))
+        .filter(|&c| c <= MAX_COUNTER)
+        .ok_or(WireError::Malformed("counter above 2^53"))
 }
 
 pub(crate) fn read<M: Meta>(reader: &mut Reader<'_>) -> Result<Delta<M>, WireError> {
@@ -208,10 +210,10 @@ fn read_part<M: Meta>(
     }
     let name = ReplicaName::new(reader.str()?)
         .map_err(|_| WireError::Malformed("invalid replica name"))?;
-    let started_ms = reader.uint()?;
+    let started_ms = add(reader.uint()?, 0)?;
     let nonce = reader.u32()?;
     let mut part = Part::new(ReplicaId::new(name, Incarnation::new(started_ms, nonce)));
-    let base = reader.uint()?;
+    let base = add(reader.uint()?, 0)?;
     if base == 0 {
         return Err(WireError::Malformed("counters start at 1"));
     }

@@ -12,7 +12,8 @@
 //! reply     = replica:id, since, to, total, offset, bytes (to the end)
 //! ```
 //!
-//! Numbers without a type are unsigned LEB128 varints. Heartbeats go to
+//! Numbers without a type are unsigned LEB128 varints. Counters, heartbeat
+//! numbers and start times above [`MAX_COUNTER`] (2^53) are refused. Heartbeats go to
 //! every peer every period, so their entries are a few bytes each: a
 //! replica the receiver already knows is named by a hash of its id, and a
 //! counter is left out when the receiver is not behind on it.
@@ -22,7 +23,7 @@ use super::{Kind, VERSION, WireError, delta};
 use crate::protocol::message::{
     DigestEntry, EntryId, EntryState, Envelope, Heartbeat, Message, ReplyChunk,
 };
-use crate::state::{Incarnation, Meta, ReplicaId, ReplicaName};
+use crate::state::{Incarnation, MAX_COUNTER, Meta, ReplicaId, ReplicaName};
 
 pub(crate) fn encode<M: Meta>(
     sender: &ReplicaId,
@@ -41,23 +42,31 @@ pub(crate) fn encode<M: Meta>(
             write_varint(&mut out, hb.beat);
             write_varint(&mut out, hb.counter);
             out.push(u8::from(hb.leaving));
-            write_varint(&mut out, hb.entries.len() as u64);
+            // An entry whose numbers a peer could not read back is left
+            // out, never the whole heartbeat with it.
+            let mut entries = Vec::with_capacity(hb.entries.len() * 8);
+            let mut count = 0u64;
             for e in &hb.entries {
                 let state = match e.state {
-                    EntryState::NotAhead => 0,
-                    EntryState::Dead => 1,
-                    EntryState::Counter(c) => c.checked_add(2).ok_or(WireError::TooLarge)?,
+                    EntryState::NotAhead => Some(0),
+                    EntryState::Dead => Some(1),
+                    EntryState::Counter(c) => Some(c).filter(|&c| c <= MAX_COUNTER).map(|c| c + 2),
+                };
+                let (Some(state), true) = (state, e.beat <= MAX_COUNTER) else {
+                    continue;
                 };
                 let full = matches!(e.id, EntryId::Full(_));
-                let tag = state.checked_mul(2).ok_or(WireError::TooLarge)? + u64::from(full);
-                write_varint(&mut out, tag);
+                write_varint(&mut entries, state * 2 + u64::from(full));
                 match &e.id {
-                    EntryId::Full(id) => write_id(&mut out, id),
-                    EntryId::Hash(h) => out.extend_from_slice(&h.to_le_bytes()),
+                    EntryId::Full(id) => write_id(&mut entries, id),
+                    EntryId::Hash(h) => entries.extend_from_slice(&h.to_le_bytes()),
                 }
-                write_varint(&mut out, e.beat);
-                write_varint(&mut out, e.age_ms);
+                write_varint(&mut entries, e.beat);
+                write_varint(&mut entries, e.age_ms);
+                count += 1;
             }
+            write_varint(&mut out, count);
+            out.extend_from_slice(&entries);
         }
         Message::Interval { from, to, delta: d } => {
             write_varint(&mut out, *from);
@@ -89,19 +98,19 @@ pub(crate) fn decode<M: Meta>(
     let message = match kind {
         k if k == Kind::Heartbeat as u8 => Message::Heartbeat(read_heartbeat(&mut r)?),
         k if k == Kind::Interval as u8 => {
-            let from = r.varint()?;
-            let to = r.varint()?;
+            let from = counter(&mut r)?;
+            let to = counter(&mut r)?;
             let delta = delta::read(&mut r)?;
             Message::Interval { from, to, delta }
         }
         k if k == Kind::CatchUpRequest as u8 => Message::CatchUpRequest {
             replica: read_id(&mut r)?,
-            since: r.varint()?,
+            since: counter(&mut r)?,
         },
         k if k == Kind::CatchUpReply as u8 => Message::CatchUpReply(ReplyChunk {
             replica: read_id(&mut r)?,
-            since: r.varint()?,
-            to: r.varint()?,
+            since: counter(&mut r)?,
+            to: counter(&mut r)?,
             total: r.varint()?,
             offset: r.varint()?,
             bytes: r.rest().to_vec(),
@@ -112,8 +121,8 @@ pub(crate) fn decode<M: Meta>(
 }
 
 fn read_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, WireError> {
-    let beat = r.varint()?;
-    let counter = r.varint()?;
+    let beat = counter(r)?;
+    let own = counter(r)?;
     let flags = r.byte()?;
     if flags > 1 {
         return Err(WireError::Malformed("unknown heartbeat flags"));
@@ -135,18 +144,19 @@ fn read_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, WireError> {
         let state = match tag >> 1 {
             0 => EntryState::NotAhead,
             1 => EntryState::Dead,
-            s => EntryState::Counter(s - 2),
+            s if s - 2 <= MAX_COUNTER => EntryState::Counter(s - 2),
+            _ => return Err(WireError::Malformed("counter above 2^53")),
         };
         entries.push(DigestEntry {
             id,
-            beat: r.varint()?,
+            beat: counter(r)?,
             age_ms: r.varint()?,
             state,
         });
     }
     Ok(Heartbeat {
         beat,
-        counter,
+        counter: own,
         leaving: flags & 1 == 1,
         entries,
     })
@@ -166,7 +176,14 @@ fn read_id(r: &mut Reader<'_>) -> Result<ReplicaId, WireError> {
     let name = std::str::from_utf8(r.take(usize::from(len))?)
         .map_err(|_| WireError::Malformed("replica name is not UTF-8"))?;
     let name = ReplicaName::new(name).map_err(|_| WireError::Malformed("invalid replica name"))?;
-    let started_ms = r.varint()?;
+    let started_ms = counter(r)?;
     let nonce = u32::try_from(r.varint()?).map_err(|_| WireError::Malformed("nonce overflows"))?;
     Ok(ReplicaId::new(name, Incarnation::new(started_ms, nonce)))
+}
+
+/// A counter, heartbeat number or start time: at most [`MAX_COUNTER`].
+fn counter(r: &mut Reader<'_>) -> Result<u64, WireError> {
+    Some(r.varint()?)
+        .filter(|&n| n <= MAX_COUNTER)
+        .ok_or(WireError::Malformed("counter above 2^53"))
 }

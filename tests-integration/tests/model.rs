@@ -519,11 +519,14 @@ impl Model for Protocol {
         let now = w.now;
         match action {
             Action::Deliver(i, _) => match w.net.remove(i) {
-                Packet::Message { to, bytes, .. } => {
+                Packet::Message {
+                    from, to, bytes, ..
+                } => {
+                    let sender = w.slots[from].id.clone();
                     if let Some(node) = w.slots[to].node.as_mut().map(Arc::make_mut) {
                         // A refusal is counted in the node's metrics, which
                         // its fingerprint includes.
-                        let _ = node.handle_message(now, &bytes);
+                        let _ = node.handle_message(now, &sender, &bytes);
                     }
                     self.settle(&mut w, to);
                 }

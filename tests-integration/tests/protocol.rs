@@ -4,102 +4,13 @@
 use std::time::Duration;
 
 use attendance::protocol::{
-    Config, Destination, Event, MessageKind, Node, ProtocolError, ReplicaStatus, Transmit,
+    Config, Event, MessageKind, Node, ProtocolError, ReplicaStatus, Transmit,
 };
 use attendance::wire::WireError;
-use attendance::{Incarnation, ReplicaId, ReplicaName, State};
+use attendance::{Incarnation, State};
 
-type N = Node<String>;
-
-fn id(name: &str, started: u64) -> ReplicaId {
-    ReplicaId::new(
-        ReplicaName::new(name).expect("valid name"),
-        Incarnation::new(started, 7),
-    )
-}
-
-fn node(name: &str) -> N {
-    Node::new(State::new(id(name, 1)), Config::default()).expect("valid config")
-}
-
-/// Connects every node to every other.
-fn mesh(nodes: &mut [N]) {
-    let ids: Vec<ReplicaId> = nodes.iter().map(|n| n.id().clone()).collect();
-    for n in nodes.iter_mut() {
-        for id in &ids {
-            if id != n.id() {
-                n.peer_connected(Duration::ZERO, id.clone());
-            }
-        }
-    }
-}
-
-/// Everything each node sends, delivered in order to its destinations.
-fn deliver(nodes: &mut [N], now: Duration) -> Vec<(usize, Transmit)> {
-    let mut sent = Vec::new();
-    loop {
-        let mut any = false;
-        for i in 0..nodes.len() {
-            while let Some(t) = nodes[i].poll_transmit() {
-                any = true;
-                for (j, to) in nodes.iter_mut().enumerate() {
-                    let for_it = match &t.destination {
-                        Destination::All => j != i,
-                        Destination::Replica(r) => r == to.id(),
-                    };
-                    if for_it {
-                        to.handle_message(now, &t.bytes).expect("valid message");
-                    }
-                }
-                sent.push((i, t));
-            }
-        }
-        if !any {
-            return sent;
-        }
-    }
-}
-
-/// One period: every node's timer, then every message.
-fn period(nodes: &mut [N], now: &mut Duration) -> Vec<(usize, Transmit)> {
-    for n in nodes.iter_mut() {
-        n.handle_timeout(*now);
-    }
-    let sent = deliver(nodes, *now);
-    *now += Config::default().broadcast_period;
-    sent
-}
-
-fn joins(node: &mut N) -> usize {
-    let mut count = 0;
-    while let Some(e) = node.poll_event() {
-        if let Event::Diff(d) = e {
-            count += d.joins().count();
-        }
-    }
-    count
-}
-
-fn settled_pair() -> (Vec<N>, Duration) {
-    let mut nodes = vec![node("a"), node("b")];
-    mesh(&mut nodes);
-    nodes[0]
-        .track("room", "alice", "web".into())
-        .expect("tracks");
-    let mut now = Duration::ZERO;
-    for _ in 0..3 {
-        period(&mut nodes, &mut now);
-    }
-    assert_eq!(nodes[1].state().count("room"), 1);
-    (nodes, now)
-}
-
-/// What a refused message must leave as it was.
-fn view(n: &N) -> (Vec<u8>, Vec<(ReplicaId, ReplicaStatus)>) {
-    let bytes = attendance::wire::encode(&n.state().snapshot()).expect("encodes");
-    let replicas = n.replicas().map(|(id, s)| (id.clone(), s)).collect();
-    (bytes, replicas)
-}
+mod mesh;
+use mesh::{N, deliver, id, joins, mesh, node, period, settled_pair, view};
 
 #[test]
 fn a_join_then_leave_within_one_period_sends_no_presence() {
@@ -197,20 +108,21 @@ fn intervals_out_of_order_wait_for_the_missing_one() {
         now += Config::default().broadcast_period;
     }
     assert_eq!(held.len(), 3);
+    let a = nodes[0].id().clone();
     let before = nodes[1].state().count("room");
-    nodes[1].handle_message(now, &held[2]).expect("valid");
-    nodes[1].handle_message(now, &held[1]).expect("valid");
+    nodes[1].handle_message(now, &a, &held[2]).expect("valid");
+    nodes[1].handle_message(now, &a, &held[1]).expect("valid");
     assert_eq!(
         nodes[1].state().count("room"),
         before,
         "nothing shown out of order"
     );
     assert_eq!(nodes[1].buffered(), 2);
-    nodes[1].handle_message(now, &held[0]).expect("valid");
+    nodes[1].handle_message(now, &a, &held[0]).expect("valid");
     assert_eq!(nodes[1].state().count("room"), before + 3);
     assert_eq!(nodes[1].buffered(), 0);
     // A duplicate changes nothing.
-    nodes[1].handle_message(now, &held[1]).expect("valid");
+    nodes[1].handle_message(now, &a, &held[1]).expect("valid");
     assert_eq!(nodes[1].state().count("room"), before + 3);
 }
 
@@ -268,7 +180,9 @@ fn a_newer_incarnation_of_its_own_name_makes_a_node_move_above_it() {
     impostor.peer_connected(now, nodes[1].id().clone());
     impostor.handle_timeout(now);
     while let Some(t) = impostor.poll_transmit() {
-        nodes[1].handle_message(now, &t.bytes).expect("valid");
+        nodes[1]
+            .handle_message(now, impostor.id(), &t.bytes)
+            .expect("valid");
     }
     while nodes[0].poll_event().is_some() {}
     for _ in 0..2 {
@@ -295,6 +209,7 @@ fn bad_bytes_are_refused_with_a_typed_error_and_change_nothing() {
         valid.push(t.bytes);
     }
     now += Duration::from_millis(10);
+    let a = nodes[0].id().clone();
     let b = &mut nodes[1];
     let before = view(b);
     let mut wrong_version = valid[0].clone();
@@ -315,24 +230,24 @@ fn bad_bytes_are_refused_with_a_typed_error_and_change_nothing() {
         ),
     ];
     for (bytes, what) in &cases {
-        let err = b.handle_message(now, bytes).expect_err(what);
+        let err = b.handle_message(now, &a, bytes).expect_err(what);
         assert!(matches!(err, ProtocolError::Wire(_)), "{what}: {err:?}");
         assert_eq!(view(b), before, "{what} changed the node");
     }
     for message in &valid {
         for cut in 0..message.len() {
-            assert!(b.handle_message(now, &message[..cut]).is_err());
+            assert!(b.handle_message(now, &a, &message[..cut]).is_err());
             assert_eq!(view(b), before, "a truncated message changed the node");
         }
     }
     assert!(matches!(
-        b.handle_message(now, &cases[2].0),
+        b.handle_message(now, &a, &cases[2].0),
         Err(ProtocolError::Wire(WireError::UnknownVersion(99)))
     ));
     assert!(b.metrics().rejected >= cases.len() as u64);
     // The valid ones still apply.
     for message in &valid {
-        b.handle_message(now, message).expect("valid");
+        b.handle_message(now, &a, message).expect("valid");
     }
     assert_eq!(b.state().count("room"), 2);
 }

@@ -90,6 +90,8 @@ impl Traffic {
 
 struct Packet {
     from: usize,
+    /// The sending incarnation, as an authenticating transport reports it.
+    sender: ReplicaId,
     to: usize,
     bytes: Arc<Vec<u8>>,
     kind: MessageKind,
@@ -388,6 +390,9 @@ impl Sim {
         if self.rng.chance(self.network.drop) {
             return;
         }
+        let Some(sender) = self.id(from) else {
+            return;
+        };
         let copies = if self.rng.chance(self.network.duplicate) {
             2
         } else {
@@ -400,6 +405,7 @@ impl Sim {
             let at = self.now + delay;
             let packet = Packet {
                 from,
+                sender: sender.clone(),
                 to,
                 bytes: bytes.clone(),
                 kind,
@@ -525,7 +531,7 @@ impl Sim {
                 };
                 *self.traffic.messages.entry(p.kind).or_default() += 1;
                 *self.traffic.bytes.entry(p.kind).or_default() += p.bytes.len() as u64;
-                let ok = node.handle_message(now, &p.bytes).is_ok();
+                let ok = node.handle_message(now, &p.sender, &p.bytes).is_ok();
                 self.mix(&[
                     8,
                     p.from as u64,

@@ -1,0 +1,532 @@
+//! A hostile member speaking raw protocol bytes over its own authenticated
+//! link, and buggy members: none of them can speak for another replica,
+//! evict a replica the victim still hears, silence liveness, or make the
+//! victim hold or send more than its configured bounds.
+//!
+//! The cluster is three nodes: `a` (honest, tracks alice), `v` (the
+//! victim) and `l` (the liar, whose link to `v` is authenticated as `l`).
+
+use std::time::Duration;
+
+use attendance::protocol::{
+    Config, Destination, MessageKind, Node, ProtocolError, ReplicaStatus, Transmit,
+};
+use attendance::wire::WireError;
+use attendance::{Limits, MAX_COUNTER, PurgeReason, ReplicaId, State};
+
+mod mesh;
+use mesh::{N, deliver_counting, id, mesh, node, node_with, period, view};
+
+const A: usize = 0;
+const V: usize = 1;
+const L: usize = 2;
+
+/// Settled `a`, `v`, `l`, with alice tracked on `a`.
+fn cluster_with(config: Config) -> (Vec<N>, Duration) {
+    let mut nodes = vec![
+        node_with("a", config.clone()),
+        node_with("v", config.clone()),
+        node_with("l", config),
+    ];
+    mesh(&mut nodes);
+    nodes[A]
+        .track("room", "alice", "web".into())
+        .expect("tracks");
+    let mut now = Duration::ZERO;
+    for _ in 0..4 {
+        period(&mut nodes, &mut now);
+    }
+    assert_eq!(nodes[V].state().count("room"), 1);
+    assert_eq!(nodes[V].status(&ids(&nodes)[A]), Some(ReplicaStatus::Up));
+    (nodes, now)
+}
+
+fn cluster() -> (Vec<N>, Duration) {
+    cluster_with(Config::default())
+}
+
+fn ids(nodes: &[N]) -> Vec<ReplicaId> {
+    nodes.iter().map(|n| n.id().clone()).collect()
+}
+
+fn periods_past_down(config: &Config) -> u32 {
+    (config.down_period.as_millis() / config.broadcast_period.as_millis()) as u32 + 3
+}
+
+/// The graceful-leave heartbeat a node with `who`'s id would send `to`.
+fn leave_of(who: &ReplicaId, to: &ReplicaId, now: Duration) -> Vec<u8> {
+    let mut n: N = Node::new(State::new(who.clone()), Config::default()).expect("valid");
+    n.peer_connected(now, to.clone());
+    n.leave(now);
+    let t = n.poll_transmit().expect("a leave heartbeat");
+    assert_eq!(t.kind, MessageKind::Heartbeat);
+    t.bytes
+}
+
+/// Raw protocol bytes, laid out as `src/wire/message.rs` documents.
+mod raw {
+    use attendance::ReplicaId;
+
+    pub const HEARTBEAT: u8 = 2;
+    pub const INTERVAL: u8 = 3;
+    pub const REQUEST: u8 = 4;
+    pub const REPLY: u8 = 5;
+
+    pub fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    pub fn id(out: &mut Vec<u8>, id: &ReplicaId) {
+        let name = id.name().as_str().as_bytes();
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        varint(out, id.incarnation().started_ms());
+        varint(out, u64::from(id.incarnation().nonce()));
+    }
+
+    pub fn message(kind: u8, sender: &ReplicaId) -> Vec<u8> {
+        let mut out = vec![1, kind];
+        id(&mut out, sender);
+        out
+    }
+
+    /// A heartbeat from `sender` with entries `(id, state, beat, age)`,
+    /// state as on the wire: 0 not ahead, 1 dead, counter + 2.
+    pub fn heartbeat(
+        sender: &ReplicaId,
+        beat: u64,
+        entries: &[(ReplicaId, u64, u64, u64)],
+    ) -> Vec<u8> {
+        let mut out = message(HEARTBEAT, sender);
+        varint(&mut out, beat);
+        varint(&mut out, 0);
+        out.push(0);
+        varint(&mut out, entries.len() as u64);
+        for (entry, state, beat, age) in entries {
+            varint(&mut out, state * 2 + 1);
+            id(&mut out, entry);
+            varint(&mut out, *beat);
+            varint(&mut out, *age);
+        }
+        out
+    }
+
+    /// An interval `(from, to]` of the sender's with no entries.
+    pub fn empty_interval(sender: &ReplicaId, from: u64, to: u64) -> Vec<u8> {
+        let mut out = message(INTERVAL, sender);
+        varint(&mut out, from);
+        varint(&mut out, to);
+        out.push(0x90); // a MessagePack array of no parts
+        out
+    }
+
+    pub fn request(sender: &ReplicaId, replica: &ReplicaId, since: u64) -> Vec<u8> {
+        let mut out = message(REQUEST, sender);
+        id(&mut out, replica);
+        varint(&mut out, since);
+        out
+    }
+
+    pub fn reply_piece(
+        sender: &ReplicaId,
+        replica: &ReplicaId,
+        (since, to, total, offset): (u64, u64, u64, u64),
+        bytes: &[u8],
+    ) -> Vec<u8> {
+        let mut out = message(REPLY, sender);
+        id(&mut out, replica);
+        for n in [since, to, total, offset] {
+            varint(&mut out, n);
+        }
+        out.extend_from_slice(bytes);
+        out
+    }
+}
+
+fn sent_by(node: &mut N) -> Vec<Transmit> {
+    std::iter::from_fn(|| node.poll_transmit()).collect()
+}
+
+#[test]
+fn a_message_that_names_another_sender_is_refused_and_changes_nothing() {
+    let (mut nodes, now) = cluster();
+    let [a, v, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    // l forges a's graceful leave and sends it over its own link.
+    let forged = leave_of(&a, &v, now);
+    let before = view(&nodes[V]);
+    let err = nodes[V]
+        .handle_message(now, &l, &forged)
+        .expect_err("a forged sender");
+    assert_eq!(err, ProtocolError::WrongSender);
+    assert_eq!(view(&nodes[V]), before);
+    assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up));
+    assert_eq!(nodes[V].state().count("room"), 1);
+    assert_eq!(nodes[V].metrics().wrong_sender, 1);
+    // A catch-up request in a's name gets no answer either.
+    let request = raw::request(&a, &a, 0);
+    sent_by(&mut nodes[V]);
+    assert_eq!(
+        nodes[V].handle_message(now, &l, &request),
+        Err(ProtocolError::WrongSender)
+    );
+    assert!(sent_by(&mut nodes[V]).is_empty());
+}
+
+#[test]
+fn hearsay_of_a_leave_never_evicts_a_replica_heard_directly() {
+    let (mut nodes, mut now) = cluster();
+    let [a, v, _] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let _ = v;
+    // l believes a left (a forged leave reached it as if from a) and
+    // spreads a's death in its heartbeats for down_period.
+    let forged = leave_of(&a, nodes[L].id(), now);
+    nodes[L]
+        .handle_message(now, &a, &forged)
+        .expect("taken as a's");
+    assert_eq!(
+        nodes[L].status(&a),
+        Some(ReplicaStatus::Purged(PurgeReason::Left))
+    );
+    let config = Config::default();
+    for _ in 0..periods_past_down(&config) {
+        period(&mut nodes, &mut now);
+        assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up), "a evicted");
+        assert_eq!(nodes[V].state().count("room"), 1);
+    }
+}
+
+#[test]
+fn hearsay_still_hastens_the_suspicion_of_a_silent_replica() {
+    let (mut nodes, mut now) = cluster();
+    let a = nodes[A].id().clone();
+    // a leaves; only l hears it. v never hears from a again.
+    nodes[A].leave(now);
+    for t in sent_by(&mut nodes[A]) {
+        if t.destination == Destination::Replica(nodes[L].id().clone()) {
+            nodes[L].handle_message(now, &a, &t.bytes).expect("valid");
+        }
+    }
+    nodes.remove(A);
+    let config = Config::default();
+    let started = now;
+    while nodes[0].status(&a) == Some(ReplicaStatus::Up) {
+        period(&mut nodes, &mut now);
+        assert!(now - started < config.down_period, "not hastened");
+    }
+    assert!(now - started <= config.broadcast_period * 4);
+    assert_eq!(
+        nodes[0].status(&a),
+        Some(ReplicaStatus::Down),
+        "hidden, not purged"
+    );
+    assert_eq!(nodes[0].state().count("room"), 0);
+}
+
+#[test]
+fn a_forged_heartbeat_number_cannot_silence_a_replica() {
+    let (mut nodes, mut now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let config = Config::default();
+    for beat in 0..periods_past_down(&config) {
+        // l claims a's heartbeat number is 2^50, fresh, every period.
+        let lie = raw::heartbeat(&l, 10_000 + u64::from(beat), &[(a.clone(), 0, 1 << 50, 0)]);
+        nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        period(&mut nodes, &mut now);
+        assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up), "a silenced");
+    }
+    assert_eq!(nodes[V].state().count("room"), 1);
+}
+
+#[test]
+fn a_forged_heartbeat_number_cannot_silence_a_replica_heard_through_a_relay() {
+    // a and v cannot reach each other; h relays a's heartbeats to v, and
+    // l claims a's heartbeat number is far ahead of them.
+    let config = Config::default();
+    let mut nodes = vec![node("a"), node("v"), node("l"), node("h")];
+    mesh(&mut nodes);
+    let [a, v, l, _] = <[ReplicaId; 4]>::try_from(ids(&nodes)).expect("four");
+    nodes[A].remove_peer(&v);
+    nodes[V].remove_peer(&a);
+    let cut = [(A, V)];
+    nodes[A]
+        .track("room", "alice", "web".into())
+        .expect("tracks");
+    let mut now = Duration::ZERO;
+    let step = |nodes: &mut Vec<N>, now: &mut Duration| {
+        for n in nodes.iter_mut() {
+            n.handle_timeout(*now);
+        }
+        deliver_counting(nodes, *now, true, &cut);
+        *now += config.broadcast_period;
+    };
+    for _ in 0..6 {
+        step(&mut nodes, &mut now);
+    }
+    assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up));
+    for beat in 0..periods_past_down(&config) {
+        let lie = raw::heartbeat(&l, 10_000 + u64::from(beat), &[(a.clone(), 0, 1 << 50, 0)]);
+        nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        step(&mut nodes, &mut now);
+        assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up), "a silenced");
+    }
+    assert_eq!(nodes[V].state().count("room"), 1);
+    assert!(nodes[V].metrics().implausible_beats > 0);
+}
+
+#[test]
+fn counters_above_2_pow_53_are_refused_where_they_enter() {
+    let (mut nodes, now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let huge = MAX_COUNTER + 1;
+    let mut far_future = l.clone();
+    far_future = ReplicaId::new(
+        far_future.name().clone(),
+        attendance::Incarnation::new(u64::MAX, 1),
+    );
+    let cases = [
+        ("interval", raw::empty_interval(&l, huge - 1, huge)),
+        ("interval end", raw::empty_interval(&l, 1, u64::MAX)),
+        ("heartbeat number", raw::heartbeat(&l, huge, &[])),
+        (
+            "relayed counter",
+            raw::heartbeat(&l, 1, &[(a.clone(), huge + 2, 1, 0)]),
+        ),
+        (
+            "relayed number",
+            raw::heartbeat(&l, 1, &[(a.clone(), 0, u64::MAX, 0)]),
+        ),
+        ("request", raw::request(&l, &a, u64::MAX)),
+        ("start time", raw::heartbeat(&far_future, 1, &[])),
+        ("reply", raw::reply_piece(&l, &a, (0, huge, 1, 0), &[0])),
+    ];
+    let before = view(&nodes[V]);
+    for (what, bytes) in cases {
+        let err = nodes[V].handle_message(now, &l, &bytes).expect_err(what);
+        assert!(
+            matches!(err, ProtocolError::Wire(WireError::Malformed(_))),
+            "{what}: {err:?}"
+        );
+        assert_eq!(view(&nodes[V]), before, "{what} changed the node");
+    }
+    // The victim still heartbeats to everyone.
+    nodes[V].handle_timeout(now + Config::default().broadcast_period);
+    let beats = sent_by(&mut nodes[V])
+        .into_iter()
+        .filter(|t| t.kind == MessageKind::Heartbeat)
+        .count();
+    assert_eq!(beats, 2);
+}
+
+#[test]
+fn an_interval_wider_than_the_span_limit_is_refused() {
+    let (mut nodes, now) = cluster();
+    let l = nodes[L].id().clone();
+    let span = Config::default().max_interval_span;
+    let before = view(&nodes[V]);
+    let err = nodes[V]
+        .handle_message(now, &l, &raw::empty_interval(&l, 0, span + 1))
+        .expect_err("too wide");
+    assert!(matches!(err, ProtocolError::Invalid(_)), "{err:?}");
+    assert_eq!(view(&nodes[V]), before);
+}
+
+#[test]
+fn intervals_far_ahead_are_not_held() {
+    let (mut nodes, now) = cluster();
+    let l = nodes[L].id().clone();
+    let config = Config::default();
+    let reach = config.max_interval_span * config.max_buffered_intervals as u64;
+    let far = raw::empty_interval(&l, reach + 1, reach + 2);
+    nodes[V].handle_message(now, &l, &far).expect("well-formed");
+    assert_eq!(nodes[V].buffered(), 0);
+    assert_eq!(nodes[V].metrics().intervals_dropped, 1);
+    let near = raw::empty_interval(&l, reach, reach + 1);
+    nodes[V]
+        .handle_message(now, &l, &near)
+        .expect("well-formed");
+    assert_eq!(nodes[V].buffered(), 1, "within reach is held");
+}
+
+#[test]
+fn held_intervals_share_one_byte_budget() {
+    let mut config = Config::default();
+    config.max_buffered_bytes = 10_000;
+    let (mut nodes, mut now) = cluster_with(config.clone());
+    let l = nodes[L].id().clone();
+    // l sends eight intervals of about 4 KB; the first never arrives.
+    let mut intervals = Vec::new();
+    for i in 0..8 {
+        nodes[L]
+            .track("room", &format!("u{i}"), "x".repeat(4000))
+            .expect("tracks");
+        nodes[L].handle_timeout(now);
+        for t in sent_by(&mut nodes[L]) {
+            if t.kind == MessageKind::Interval {
+                intervals.push(t.bytes);
+            }
+        }
+        now += config.broadcast_period;
+    }
+    assert_eq!(intervals.len(), 8);
+    for bytes in &intervals[1..] {
+        nodes[V].handle_message(now, &l, bytes).expect("valid");
+    }
+    assert_eq!(nodes[V].buffered(), 2, "only what fits 10,000 bytes");
+    assert_eq!(nodes[V].metrics().intervals_dropped, 5);
+}
+
+#[test]
+fn catch_up_pieces_nobody_asked_for_are_dropped() {
+    let (mut nodes, now) = cluster();
+    let l = nodes[L].id().clone();
+    let junk = vec![0u8; 1000];
+    for i in 0..50 {
+        let piece = raw::reply_piece(&l, &l, (0, 1, 60_000, i * 1000), &junk);
+        nodes[V]
+            .handle_message(now, &l, &piece)
+            .expect("well-formed");
+    }
+    assert_eq!(nodes[V].buffered(), 0, "nothing kept");
+    assert_eq!(nodes[V].metrics().unrequested_pieces, 50);
+}
+
+#[test]
+fn a_catch_up_request_is_answered_once_and_only_to_its_sender() {
+    let (mut nodes, now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    sent_by(&mut nodes[V]);
+    let request = raw::request(&l, &a, 0);
+    nodes[V].handle_message(now, &l, &request).expect("valid");
+    let answers = sent_by(&mut nodes[V]);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].kind, MessageKind::CatchUpReply);
+    assert_eq!(answers[0].destination, Destination::Replica(l.clone()));
+    // The same request again, at once: nothing more.
+    nodes[V].handle_message(now, &l, &request).expect("valid");
+    assert!(sent_by(&mut nodes[V]).is_empty());
+    assert_eq!(nodes[V].metrics().catchups_declined, 1);
+    // After a catch-up timeout, a retry is answered.
+    let later = now + Config::default().catchup_timeout;
+    nodes[V].handle_message(later, &l, &request).expect("valid");
+    assert_eq!(sent_by(&mut nodes[V]).len(), 1);
+}
+
+#[test]
+fn an_answer_too_large_to_send_is_encoded_once() {
+    let mut config = Config::default();
+    config.max_message_bytes = 64 << 10;
+    config.max_catchup_bytes = 64 << 10;
+    let (mut nodes, mut now) = cluster_with(config.clone());
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    for i in 0..2_000 {
+        nodes[A]
+            .track("room", &format!("user-{i}"), "m".repeat(60))
+            .expect("tracks");
+    }
+    for _ in 0..3 {
+        period(&mut nodes, &mut now);
+    }
+    assert_eq!(nodes[V].state().count("room"), 2_001);
+    sent_by(&mut nodes[V]);
+    let request = raw::request(&l, &a, 0);
+    for _ in 0..3 {
+        nodes[V].handle_message(now, &l, &request).expect("valid");
+        assert!(sent_by(&mut nodes[V]).is_empty(), "too large to send");
+    }
+    assert_eq!(nodes[V].metrics().catchups_too_large, 1);
+    assert_eq!(nodes[V].metrics().catchups_declined, 2);
+}
+
+#[test]
+fn a_refused_catch_up_backs_off_and_is_counted() {
+    // v allows 16-byte topics, a tracks on a longer one.
+    let config = Config::default();
+    let strict = State::builder(id("v", 1))
+        .limits(Limits::default().max_topic_len(16))
+        .build();
+    let mut nodes = vec![node("a"), Node::new(strict, config.clone()).expect("valid")];
+    mesh(&mut nodes);
+    let mut now = Duration::ZERO;
+    nodes[A]
+        .track("a-topic-longer-than-sixteen-bytes", "alice", "web".into())
+        .expect("tracks");
+    let periods: u32 = 40;
+    for _ in 0..periods {
+        for n in nodes.iter_mut() {
+            n.handle_timeout(now);
+        }
+        deliver_counting(&mut nodes, now, false, &[]);
+        now += config.broadcast_period;
+    }
+    let metrics = nodes[V].metrics();
+    assert!(metrics.catchups_refused >= 1, "{metrics:?}");
+    assert!(
+        metrics.catchups_requested <= u64::from(periods) / 2 + 1,
+        "at most one request per catch-up timeout: {metrics:?}"
+    );
+}
+
+#[test]
+fn made_up_replicas_cost_little_and_fill_nothing() {
+    let (mut nodes, now) = cluster();
+    let l = nodes[L].id().clone();
+    let made_up = |i: u64| id(&format!("ghost-{i}"), 1);
+    // 20,000 fresh replicas the victim has never heard of, then 20,000
+    // dead ones.
+    let fresh: Vec<_> = (0..20_000).map(|i| (made_up(i), 7, 1, 0)).collect();
+    let beat = raw::heartbeat(&l, 10_000, &fresh);
+    nodes[V]
+        .handle_message(now, &l, &beat)
+        .expect("well-formed");
+    let dead: Vec<_> = (20_000..40_000).map(|i| (made_up(i), 1, 1, 0)).collect();
+    let beat = raw::heartbeat(&l, 10_001, &dead);
+    nodes[V]
+        .handle_message(now, &l, &beat)
+        .expect("well-formed");
+    let known = nodes[V].replicas().count();
+    assert!(known <= 2 + 64, "{known} replicas known");
+    assert_eq!(nodes[V].state().purged().count(), 0);
+    assert_eq!(nodes[V].state().count("room"), 1);
+}
+
+#[test]
+fn heartbeats_stay_under_the_message_limit_however_many_replicas_are_known() {
+    let mut config = Config::default();
+    config.max_message_bytes = 64 << 10;
+    config.max_catchup_bytes = 64 << 10;
+    let (mut nodes, now) = cluster_with(config.clone());
+    let l = nodes[L].id().clone();
+    // 3,000 replicas introduced, 64 a heartbeat (the most one may bring),
+    // each with a 40-byte name.
+    for round in 0..47u64 {
+        let entries: Vec<_> = (0..64)
+            .map(|i| (id(&format!("{:040}", round * 64 + i), 1), 0, 1, 0))
+            .collect();
+        let beat = raw::heartbeat(&l, 10_000 + round, &entries);
+        nodes[V]
+            .handle_message(now, &l, &beat)
+            .expect("well-formed");
+    }
+    assert!(nodes[V].replicas().count() >= 3_000);
+    nodes[V].handle_timeout(now + config.broadcast_period);
+    let beats: Vec<Transmit> = sent_by(&mut nodes[V])
+        .into_iter()
+        .filter(|t| t.kind == MessageKind::Heartbeat)
+        .collect();
+    assert_eq!(beats.len(), 2);
+    let v = nodes[V].id().clone();
+    for t in beats {
+        assert!(
+            t.bytes.len() <= config.max_message_bytes,
+            "{} bytes",
+            t.bytes.len()
+        );
+        nodes[A]
+            .handle_message(now, &v, &t.bytes)
+            .expect("a peer reads it");
+    }
+}
