@@ -116,7 +116,7 @@ pub mod wire;
 #[cfg(feature = "runtime")]
 pub use runtime::{
     PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
-    TrackerMetrics,
+    TrackerError, TrackerMetrics,
 };
 
 pub use state::{

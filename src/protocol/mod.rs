@@ -624,14 +624,18 @@ impl<M: Meta> Node<M> {
             if id == peer {
                 continue;
             }
+            // A peer always hears of newer incarnations of its own name, so
+            // that one restarted with a clock behind moves above them.
+            let successor = id.name() == peer.name() && id > peer;
             let state = match r.status {
                 ReplicaStatus::Purged(_) if r.status.is_dead() => {
                     // Spread for a while; those who miss it find it down.
-                    if now.saturating_sub(r.since) >= self.config.down_period {
+                    if !successor && now.saturating_sub(r.since) >= self.config.down_period {
                         continue;
                     }
                     EntryState::Dead
                 }
+                ReplicaStatus::Purged(_) if successor => EntryState::NotAhead,
                 ReplicaStatus::Purged(_) => continue,
                 _ => {
                     let held = self.held(id);

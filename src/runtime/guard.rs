@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use super::Shared;
-use crate::{Meta, PresenceId, StateError};
+use super::{Shared, TrackerError};
+use crate::{Meta, PresenceId};
 
 /// A presence tracked by [`Tracker::track`](super::Tracker::track). It is
 /// untracked when the guard is dropped (a closed connection leaves on its
@@ -37,9 +37,14 @@ impl<M: Meta> PresenceGuard<M> {
     ///
     /// # Errors
     ///
-    /// A meta over the size limit; the presence keeps its meta.
-    pub fn update(&self, meta: M) -> Result<(), StateError> {
+    /// [`TrackerError::State`] for a meta over the size limit (the
+    /// presence keeps its meta); [`TrackerError::Stopped`] after the
+    /// tracker's shutdown.
+    pub fn update(&self, meta: M) -> Result<(), TrackerError> {
         let mut inner = self.shared.lock();
+        if inner.stopped {
+            return Err(TrackerError::Stopped);
+        }
         let id = inner.current_id(&self.id);
         inner.node.update(&id, meta)?;
         inner.dispatch();

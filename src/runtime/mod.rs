@@ -83,6 +83,20 @@ pub enum StartError {
     Missing(&'static str),
 }
 
+/// Why a tracker refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrackerError {
+    /// The tracker was shut down (or its transport closed): nothing more
+    /// is tracked or replicated.
+    #[error("the tracker has stopped")]
+    Stopped,
+    /// A topic, key or meta over the limits, too many presences, or a
+    /// presence that is no longer tracked.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
 /// Builds a [`Tracker`]. See [`Tracker::builder`].
 #[must_use]
 pub struct TrackerBuilder<M> {
@@ -93,6 +107,7 @@ pub struct TrackerBuilder<M> {
     config: Config,
     limits: Limits,
     subscriber_queue: usize,
+    incarnation: Option<Incarnation>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsConfig>,
     meta: PhantomData<fn() -> M>,
@@ -107,7 +122,8 @@ impl<M> std::fmt::Debug for TrackerBuilder<M> {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("config", &self.config)
             .field("limits", &self.limits)
-            .field("subscriber_queue", &self.subscriber_queue);
+            .field("subscriber_queue", &self.subscriber_queue)
+            .field("incarnation", &self.incarnation);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.finish()
@@ -169,6 +185,15 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         self
     }
 
+    /// The incarnation to start as, instead of one made from the clock
+    /// (start time in ms) and a random number. For tests, and for
+    /// operators who keep incarnations themselves; each start of a name
+    /// needs a new one, above the previous.
+    pub fn incarnation(mut self, incarnation: Incarnation) -> Self {
+        self.incarnation = Some(incarnation);
+        self
+    }
+
     /// Starts the tracker over the authenticated TCP mesh: it listens on
     /// [`listen`](Self::listen) and connects to the [`peers`](Self::peers).
     ///
@@ -225,6 +250,9 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
 
     fn replica_id(&self) -> Result<ReplicaId, StartError> {
         let name = ReplicaName::new(&self.name).map_err(StartError::Name)?;
+        if let Some(incarnation) = self.incarnation {
+            return Ok(ReplicaId::new(name, incarnation));
+        }
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -248,6 +276,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
                 subscribers: Subscribers::default(),
                 peers_up: 0,
                 renamed: HashMap::new(),
+                stopped: false,
             }),
             origin: Instant::now(),
             next_subscriber: AtomicU64::new(0),
@@ -264,7 +293,6 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         Ok(Tracker {
             shared,
             commands,
-            id,
             local_addr: None,
         })
     }
@@ -278,14 +306,13 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
 pub struct Tracker<M: Meta> {
     shared: Arc<Shared<M>>,
     commands: mpsc::Sender<Command>,
-    id: ReplicaId,
     local_addr: Option<SocketAddr>,
 }
 
 impl<M: Meta> std::fmt::Debug for Tracker<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracker")
-            .field("id", &self.id)
+            .field("id", &self.shared.lock().node.id())
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
@@ -296,7 +323,6 @@ impl<M: Meta> Clone for Tracker<M> {
         Self {
             shared: self.shared.clone(),
             commands: self.commands.clone(),
-            id: self.id.clone(),
             local_addr: self.local_addr,
         }
     }
@@ -338,15 +364,18 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             config: Config::default(),
             limits: Limits::default(),
             subscriber_queue: 1024,
+            incarnation: None,
             #[cfg(feature = "tls")]
             tls: None,
             meta: PhantomData,
         }
     }
 
-    /// This replica.
-    pub fn id(&self) -> &ReplicaId {
-        &self.id
+    /// This replica, at its current incarnation: it moves to a newer one
+    /// when it meets a newer incarnation of its own name (its clock went
+    /// backwards, or it restarted within the same millisecond).
+    pub fn id(&self) -> ReplicaId {
+        self.shared.lock().node.id().clone()
     }
 
     /// The address the TCP transport listens on, when it is the transport.
@@ -358,9 +387,14 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
     ///
     /// # Errors
     ///
-    /// A topic, key or meta over the limits, or too many presences.
-    pub fn track(&self, topic: &str, key: &str, meta: M) -> Result<PresenceGuard<M>, StateError> {
+    /// [`TrackerError::State`] for a topic, key or meta over the limits,
+    /// or too many presences; [`TrackerError::Stopped`] after
+    /// [`Tracker::shutdown`].
+    pub fn track(&self, topic: &str, key: &str, meta: M) -> Result<PresenceGuard<M>, TrackerError> {
         let mut inner = self.shared.lock();
+        if inner.stopped {
+            return Err(TrackerError::Stopped);
+        }
         let id = inner.node.track(topic, key, meta)?;
         inner.dispatch();
         Ok(PresenceGuard::new(self.shared.clone(), id))
@@ -385,12 +419,18 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
         self.shared.lock().node.state().count(topic)
     }
 
-    /// The list of `topic` now and a stream of every change after it.
+    /// The list of `topic` now and a stream of every change after it. The
+    /// stream ends once the tracker stops.
     pub fn subscribe(&self, topic: &str) -> Subscription<M> {
         let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
         let id = self.shared.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.shared.lock();
         let list = group_by_key(inner.node.state().presences(topic));
+        if inner.stopped {
+            // No sender is kept: the stream ends at once.
+            drop(inner);
+            return Subscription::new(list, topic.to_string(), id, rx, self.shared.clone());
+        }
         inner
             .subscribers
             .entry(topic.to_string())
@@ -478,6 +518,8 @@ pub(crate) struct Inner<M> {
     /// Presences that got new ids when this replica re-incarnated: the id
     /// their guard holds to the current one.
     renamed: HashMap<PresenceId, PresenceId>,
+    /// The driver task ended: calls that change something are refused.
+    pub(crate) stopped: bool,
 }
 
 impl<M> Shared<M> {
@@ -501,6 +543,13 @@ impl<M: Meta> Inner<M> {
     /// Forgets a guard's presence.
     pub(crate) fn forget(&mut self, id: &PresenceId) {
         self.renamed.remove(id);
+    }
+
+    /// The driver task ends: refuse changes from now on, and end every
+    /// subscription's stream (its sender is dropped here).
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.subscribers.clear();
     }
 
     /// Hands the protocol's events to subscribers and logs.
@@ -565,6 +614,7 @@ async fn drive<M: Meta, T: Transport>(
             event = transport.recv() => {
                 let Some(event) = event else {
                     tracing::warn!("transport closed");
+                    shared.lock().stop();
                     return;
                 };
                 let outgoing = {
@@ -615,6 +665,7 @@ async fn leave<M: Meta, T: Transport>(shared: &Shared<M>, transport: &mut T) {
     let outgoing = {
         let mut inner = shared.lock();
         inner.node.leave(shared.now());
+        inner.stop();
         take_transmits(&mut inner)
     };
     for (to, bytes) in outgoing {

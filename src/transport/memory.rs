@@ -48,6 +48,16 @@ impl Hub {
             .contains(&(from.name().clone(), to.name().clone()))
     }
 
+    /// The member a message for `to` goes to: `to` itself, or the member
+    /// of its name (it moved to a newer incarnation of that name, and its
+    /// link is still the one it joined with).
+    fn resolve<'a>(&'a self, to: &'a ReplicaId) -> Option<&'a ReplicaId> {
+        if self.members.contains_key(to) {
+            return Some(to);
+        }
+        self.members.keys().find(|m| m.name() == to.name())
+    }
+
     fn tell(&self, to: &ReplicaId, event: TransportEvent) {
         if let Some(tx) = self.members.get(to) {
             // A member too slow to keep up loses messages, as over a real
@@ -182,7 +192,9 @@ impl Transport for MemoryTransport {
                 }
             }
             Destination::Replica(other) => {
-                if hub.open(&self.id, other) {
+                if let Some(other) = hub.resolve(other)
+                    && hub.open(&self.id, other)
+                {
                     hub.tell(other, message());
                 }
             }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use attendance::protocol::{Config, ReplicaStatus};
 use attendance::transport::MemoryNetwork;
-use attendance::{KeyGroup, Limits, StateError, SubscriptionEvent, Tracker};
+use attendance::{
+    Incarnation, KeyGroup, Limits, StateError, SubscriptionEvent, Tracker, TrackerError,
+};
 
 type T = Tracker<String>;
 
@@ -191,7 +193,7 @@ async fn replicas_cut_apart_converge_through_a_third_and_partitions_heal() {
     assert!(
         a.replicas()
             .iter()
-            .any(|(id, s)| id == b.id() && *s == ReplicaStatus::Up)
+            .any(|(id, s)| *id == b.id() && *s == ReplicaStatus::Up)
     );
 
     // A one-way cut: c never hears a directly, but through b.
@@ -223,10 +225,105 @@ async fn limits_give_typed_errors() {
         .expect("starts");
     let err = a.track("room", "a-key-that-is-too-long", "x".into()).err();
     assert!(
-        matches!(err, Some(StateError::InvalidKey { .. })),
+        matches!(
+            err,
+            Some(TrackerError::State(StateError::InvalidKey { .. }))
+        ),
         "{err:?}"
     );
     assert_eq!(a.count("room"), 0);
     let bad = Tracker::<String>::builder("").start_with(|id| network.join(id));
     assert!(bad.is_err());
+}
+
+fn start_as(network: &MemoryNetwork, name: &str, started_ms: u64) -> T {
+    Tracker::builder(name)
+        .config(config())
+        .incarnation(Incarnation::new(started_ms, 1))
+        .start_with(|id| network.join(id))
+        .expect("starts")
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_streams_end_and_changes_are_refused() {
+    let network = MemoryNetwork::new();
+    let a = start(&network, "a");
+    let mut room = a.subscribe("room");
+    let guard = a.track("room", "alice", "web".into()).expect("tracks");
+    assert!(matches!(
+        room.next().await,
+        Some(SubscriptionEvent::Diff(_))
+    ));
+    a.shutdown().await;
+    let ended = tokio::time::timeout(Duration::from_secs(1), room.next()).await;
+    assert_eq!(ended.expect("the stream ends at once"), None);
+    assert_eq!(
+        a.track("room", "bob", "web".into()).err(),
+        Some(TrackerError::Stopped)
+    );
+    assert_eq!(guard.update("ios".into()), Err(TrackerError::Stopped));
+    let mut late = a.subscribe("room");
+    assert_eq!(late.next().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_with_a_clock_behind_moves_above_and_is_listed() {
+    // a ran with a start time of 2000 ms and stopped; it restarts with a
+    // clock behind (1000 ms), so its new incarnation orders before the old.
+    let network = MemoryNetwork::new();
+    let b = start_as(&network, "b", 1500);
+    let old = start_as(&network, "a", 2000);
+    let _alice = old.track("room", "alice", "web".into()).expect("tracks");
+    periods(3).await;
+    assert_eq!(b.count("room"), 1);
+    old.shutdown().await;
+    periods(1).await;
+    assert_eq!(b.count("room"), 0);
+
+    let new = start_as(&network, "a", 1000);
+    let _bob = new.track("room", "bob", "web".into()).expect("tracks");
+    periods(5).await;
+    assert!(
+        new.id().incarnation() > Incarnation::new(2000, 1),
+        "moved above the old incarnation: {}",
+        new.id()
+    );
+    let listed = rows(&b.list("room"));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed.iter().all(|r| r.0 == "bob"));
+    assert_eq!(
+        b.replicas()
+            .iter()
+            .find(|(id, _)| *id == new.id())
+            .map(|(_, s)| *s),
+        Some(ReplicaStatus::Up)
+    );
+    new.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_moves_to_a_newer_incarnation_is_still_reached() {
+    // Another process starts under a's name with a later clock, says
+    // hello, and goes away: a moves above it, while its link keeps the id
+    // it joined with.
+    let network = MemoryNetwork::new();
+    let a = start_as(&network, "a", 1000);
+    let b = start_as(&network, "b", 1000);
+    let _alice = a.track("room", "alice", "web".into()).expect("tracks");
+    periods(3).await;
+    let impostor = start_as(&network, "a", 5000);
+    periods(2).await;
+    impostor.shutdown().await;
+    assert!(
+        a.id().incarnation() > Incarnation::new(5000, 1),
+        "{}",
+        a.id()
+    );
+    let _bob = a.track("room", "bob", "web".into()).expect("tracks");
+    periods(5).await;
+    let listed = rows(&b.list("room"));
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    a.shutdown().await;
+    b.shutdown().await;
 }
