@@ -1,0 +1,311 @@
+//! The handshake that authenticates a fresh connection both ways, and the
+//! session it yields.
+
+use std::io;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use hmac::Mac;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use super::frame::{FrameMac, codec, is_oversized};
+use super::stats::bump;
+use super::{HmacSha256, Shared};
+use crate::wire;
+use crate::{Incarnation, ReplicaId, ReplicaName};
+
+pub(super) const MAGIC: &[u8; 4] = b"attn";
+pub(super) const CHALLENGE_LEN: usize = 32;
+pub(super) const HELLO_LEN: usize = MAGIC.len() + 1 + CHALLENGE_LEN;
+const MAC_LEN: usize = 32;
+/// Room for the largest auth frame (1 + 255 + 12 + 32 bytes).
+const HANDSHAKE_MAX_FRAME: usize = 512;
+
+const LABEL_DIALER: &[u8] = b"attn-dialer\0";
+const LABEL_ACCEPTOR: &[u8] = b"attn-acceptor\0";
+const LABEL_SESSION: &[u8] = b"attn-session\0";
+const DIRECTION_FROM_DIALER: u8 = 0;
+const DIRECTION_FROM_ACCEPTOR: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    Dialer,
+    Acceptor,
+}
+
+#[derive(Debug)]
+pub(super) enum HandshakeError {
+    Io(io::Error),
+    /// The other side closed the connection.
+    Closed,
+    /// The other side closed the connection after this dialer's MAC.
+    Rejected,
+    Oversized,
+    Malformed(&'static str),
+    Version(u8),
+    BadMac,
+    /// The TLS handshake failed.
+    #[cfg(feature = "tls")]
+    Tls(io::Error),
+    /// The other side is this replica.
+    SelfConnection,
+    Timeout,
+    Busy,
+    Random(getrandom::Error),
+}
+
+impl From<io::Error> for HandshakeError {
+    fn from(error: io::Error) -> Self {
+        if is_oversized(&error) {
+            Self::Oversized
+        } else {
+            Self::Io(error)
+        }
+    }
+}
+
+/// Counts and logs a connection that did not authenticate.
+pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &HandshakeError) {
+    let counters = &shared.counters;
+    bump(&counters.handshakes_refused);
+    match error {
+        HandshakeError::BadMac => {
+            bump(&counters.auth_failures);
+            tracing::warn!(%addr, ?role, "handshake refused: authentication failed (another cluster secret?)");
+        }
+        HandshakeError::Version(version) => {
+            bump(&counters.version_mismatches);
+            tracing::warn!(%addr, ?role, peer_version = version, version = wire::VERSION, "handshake refused: another format version");
+        }
+        HandshakeError::Oversized => {
+            bump(&counters.frames_oversized);
+            tracing::warn!(%addr, ?role, "handshake refused: oversized frame");
+        }
+        #[cfg(feature = "tls")]
+        HandshakeError::Tls(error) => {
+            bump(&counters.tls_failures);
+            tracing::warn!(%addr, ?role, %error, "handshake refused: TLS failed");
+        }
+        HandshakeError::Malformed(what) => {
+            tracing::warn!(%addr, ?role, what, "handshake refused: malformed");
+        }
+        HandshakeError::Rejected => {
+            tracing::warn!(%addr, "peer closed the connection after our authentication (another cluster secret or version?)");
+        }
+        HandshakeError::SelfConnection => {
+            tracing::warn!(%addr, ?role, "handshake refused: connected to itself");
+        }
+        HandshakeError::Timeout => match role {
+            Role::Acceptor => tracing::warn!(%addr, "handshake refused: timed out"),
+            Role::Dialer => tracing::debug!(%addr, "handshake timed out"),
+        },
+        HandshakeError::Busy => {
+            tracing::warn!(%addr, "connection refused: too many handshakes in progress");
+        }
+        HandshakeError::Random(error) => {
+            tracing::error!(%addr, %error, "no randomness for a handshake challenge");
+        }
+        HandshakeError::Closed => {
+            tracing::debug!(%addr, ?role, "connection closed during the handshake");
+        }
+        HandshakeError::Io(error) => {
+            tracing::debug!(%addr, ?role, %error, "connection failed during the handshake");
+        }
+    }
+}
+
+/// An authenticated connection's keys and what was read past the handshake.
+pub(super) struct Session {
+    pub(super) peer: ReplicaId,
+    pub(super) seal: FrameMac,
+    pub(super) open: FrameMac,
+    pub(super) read_buf: BytesMut,
+}
+
+pub(super) fn encode_id(id: &ReplicaId) -> Vec<u8> {
+    let name = id.name().as_str().as_bytes();
+    // Names are at most 255 bytes (`MAX_REPLICA_NAME_LEN`).
+    let len = u8::try_from(name.len()).unwrap_or(u8::MAX);
+    let name = name.get(..usize::from(len)).unwrap_or(name);
+    let mut out = Vec::with_capacity(1 + name.len() + 12);
+    out.push(len);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&id.incarnation().started_ms().to_be_bytes());
+    out.extend_from_slice(&id.incarnation().nonce().to_be_bytes());
+    out
+}
+
+pub(super) fn decode_id(bytes: &[u8]) -> Option<ReplicaId> {
+    let (&len, rest) = bytes.split_first()?;
+    let len = usize::from(len);
+    if rest.len() != len + 12 {
+        return None;
+    }
+    let (name, rest) = rest.split_at(len);
+    let name = ReplicaName::new(std::str::from_utf8(name).ok()?).ok()?;
+    let (started_ms, nonce) = rest.split_first_chunk::<8>()?;
+    let nonce: [u8; 4] = nonce.try_into().ok()?;
+    Some(ReplicaId::new(
+        name,
+        Incarnation::new(u64::from_be_bytes(*started_ms), u32::from_be_bytes(nonce)),
+    ))
+}
+
+fn check_hello(hello: &[u8]) -> Result<(), HandshakeError> {
+    if hello.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        return Err(HandshakeError::Malformed("not a hello"));
+    }
+    // The version comes before the length check: another version may have
+    // another hello.
+    match hello.get(MAGIC.len()) {
+        Some(&version) if version != wire::VERSION => Err(HandshakeError::Version(version)),
+        _ if hello.len() != HELLO_LEN => Err(HandshakeError::Malformed("hello length")),
+        _ => Ok(()),
+    }
+}
+
+/// The MAC over a label, the two hellos and the ids so far.
+fn transcript_mac(secret: &HmacSha256, label: &[u8], parts: &[&[u8]]) -> HmacSha256 {
+    let mut mac = secret.clone();
+    mac.update(label);
+    for part in parts {
+        mac.update(part);
+    }
+    mac
+}
+
+/// Splits an auth frame into the replica id bytes and the MAC.
+fn split_auth(frame: &[u8]) -> Result<(&[u8], &[u8]), HandshakeError> {
+    let len = frame
+        .len()
+        .checked_sub(MAC_LEN)
+        .ok_or(HandshakeError::Malformed("auth too short"))?;
+    Ok(frame.split_at(len))
+}
+
+pub(super) async fn read_frame<T>(
+    framed: &mut Framed<T, LengthDelimitedCodec>,
+) -> Result<BytesMut, HandshakeError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match framed.next().await {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(error)) => Err(error.into()),
+        None => Err(HandshakeError::Closed),
+    }
+}
+
+/// Authenticates a fresh connection both ways (see the module docs).
+pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    role: Role,
+    me: &ReplicaId,
+    secret: &HmacSha256,
+) -> Result<Session, HandshakeError> {
+    let mut framed = Framed::new(&mut *stream, codec(HANDSHAKE_MAX_FRAME));
+    let mut own_hello = [0; HELLO_LEN];
+    let (head, challenge) = own_hello.split_at_mut(MAGIC.len() + 1);
+    head[..MAGIC.len()].copy_from_slice(MAGIC);
+    head[MAGIC.len()] = wire::VERSION;
+    getrandom::fill(challenge).map_err(HandshakeError::Random)?;
+    framed.send(Bytes::copy_from_slice(&own_hello)).await?;
+
+    let peer_hello = read_frame(&mut framed).await?;
+    check_hello(&peer_hello)?;
+    if peer_hello[..] == own_hello[..] {
+        return Err(HandshakeError::Malformed("reflected hello"));
+    }
+    let (hello_d, hello_a) = match role {
+        Role::Dialer => (&own_hello[..], &peer_hello[..]),
+        Role::Acceptor => (&peer_hello[..], &own_hello[..]),
+    };
+    let own_id = encode_id(me);
+
+    let (peer_id, peer_id_bytes) = match role {
+        Role::Dialer => {
+            let mac = transcript_mac(secret, LABEL_DIALER, &[hello_d, hello_a, &own_id]);
+            let mut auth = own_id.clone();
+            auth.extend_from_slice(&mac.finalize().into_bytes());
+            framed.send(Bytes::from(auth)).await?;
+            let frame = match read_frame(&mut framed).await {
+                Err(HandshakeError::Closed) => return Err(HandshakeError::Rejected),
+                other => other?,
+            };
+            let (id_bytes, tag) = split_auth(&frame)?;
+            transcript_mac(
+                secret,
+                LABEL_ACCEPTOR,
+                &[hello_d, hello_a, &own_id, id_bytes],
+            )
+            .verify_slice(tag)
+            .map_err(|_| HandshakeError::BadMac)?;
+            let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
+            if peer == *me {
+                return Err(HandshakeError::SelfConnection);
+            }
+            (peer, id_bytes.to_vec())
+        }
+        Role::Acceptor => {
+            let frame = read_frame(&mut framed).await?;
+            let (id_bytes, tag) = split_auth(&frame)?;
+            // The MAC is checked before the id is even parsed: nothing from
+            // an unauthenticated process is interpreted.
+            transcript_mac(secret, LABEL_DIALER, &[hello_d, hello_a, id_bytes])
+                .verify_slice(tag)
+                .map_err(|_| HandshakeError::BadMac)?;
+            let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
+            if peer == *me {
+                return Err(HandshakeError::SelfConnection);
+            }
+            let mac = transcript_mac(
+                secret,
+                LABEL_ACCEPTOR,
+                &[hello_d, hello_a, id_bytes, &own_id],
+            );
+            let mut auth = own_id.clone();
+            auth.extend_from_slice(&mac.finalize().into_bytes());
+            framed.send(Bytes::from(auth)).await?;
+            (peer, id_bytes.to_vec())
+        }
+    };
+
+    let (id_d, id_a, seal_dir, open_dir) = match role {
+        Role::Dialer => (
+            &own_id,
+            &peer_id_bytes,
+            DIRECTION_FROM_DIALER,
+            DIRECTION_FROM_ACCEPTOR,
+        ),
+        Role::Acceptor => (
+            &peer_id_bytes,
+            &own_id,
+            DIRECTION_FROM_ACCEPTOR,
+            DIRECTION_FROM_DIALER,
+        ),
+    };
+    let session_key = transcript_mac(secret, LABEL_SESSION, &[hello_d, hello_a, id_d, id_a])
+        .finalize()
+        .into_bytes();
+    let key = HmacSha256::new_from_slice(&session_key)
+        .map_err(|_| HandshakeError::Malformed("session key"))?;
+    // Frames the peer sent right after its last handshake frame may already
+    // be buffered.
+    let read_buf = framed.into_parts().read_buf;
+    Ok(Session {
+        peer: peer_id,
+        seal: FrameMac {
+            key: key.clone(),
+            direction: seal_dir,
+            seq: 0,
+        },
+        open: FrameMac {
+            key,
+            direction: open_dir,
+            seq: 0,
+        },
+        read_buf,
+    })
+}

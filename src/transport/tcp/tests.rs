@@ -1,0 +1,573 @@
+//! The tests of the TCP mesh: real transports and raw peers on loopback
+//! sockets.
+
+use std::future::Future;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::handshake::{CHALLENGE_LEN, HELLO_LEN, MAGIC, Role, decode_id, encode_id, handshake};
+use super::*;
+use crate::{Incarnation, ReplicaName};
+
+const WAIT: Duration = Duration::from_secs(5);
+const SECRET: &str = "a shared secret for tests";
+
+fn id(name: &str, nonce: u32) -> ReplicaId {
+    ReplicaId::new(
+        ReplicaName::new(name).unwrap(),
+        Incarnation::new(1_764_000_000_000, nonce),
+    )
+}
+
+fn config(replica: ReplicaId, secret: &str) -> TcpConfig {
+    let mut config = TcpConfig::new(replica, "127.0.0.1:0".parse().unwrap(), secret);
+    config.connect_backoff_min = Duration::from_millis(10);
+    config.connect_backoff_max = Duration::from_millis(100);
+    config.handshake_timeout = Duration::from_secs(1);
+    config.close_timeout = Duration::from_secs(1);
+    config
+}
+
+async fn bind(replica: ReplicaId, peers: &[SocketAddr]) -> TcpTransport {
+    let config = config(replica, SECRET).with_peers(peers.iter().copied());
+    TcpTransport::bind(config).await.unwrap()
+}
+
+async fn next(transport: &mut TcpTransport) -> TransportEvent {
+    tokio::time::timeout(WAIT, transport.recv())
+        .await
+        .expect("no event in time")
+        .expect("transport closed")
+}
+
+async fn quiet(transport: &mut TcpTransport, time: Duration) {
+    if let Ok(event) = tokio::time::timeout(time, transport.recv()).await {
+        panic!("unexpected event {event:?}");
+    }
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn message(from: &ReplicaId, bytes: &'static [u8]) -> TransportEvent {
+    TransportEvent::Message {
+        from: from.clone(),
+        bytes: Bytes::from_static(bytes),
+    }
+}
+
+/// Two transports, `a` dialing `b`, both reporting the other connected.
+async fn pair() -> (TcpTransport, ReplicaId, TcpTransport, ReplicaId) {
+    let (ida, idb) = (id("a", 1), id("b", 1));
+    let mut b = bind(idb.clone(), &[]).await;
+    let mut a = bind(ida.clone(), &[b.local_addr()]).await;
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    (a, ida, b, idb)
+}
+
+/// Reads until the other side closes; what arrived.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("connection not closed");
+    got
+}
+
+fn with_timeout<F: Future>(future: F) -> tokio::time::Timeout<F> {
+    tokio::time::timeout(WAIT, future)
+}
+
+#[tokio::test]
+async fn peers_connect_and_exchange_messages() {
+    let (mut a, ida, mut b, idb) = pair().await;
+
+    a.send(
+        &Destination::Replica(idb.clone()),
+        Bytes::from_static(b"a to b"),
+    );
+    assert_eq!(next(&mut b).await, message(&ida, b"a to b"));
+    b.send(&Destination::All, Bytes::from_static(b"b to all"));
+    assert_eq!(next(&mut a).await, message(&idb, b"b to all"));
+    b.send(
+        &Destination::Replica(ida.clone()),
+        Bytes::from_static(b"b to a"),
+    );
+    assert_eq!(next(&mut a).await, message(&idb, b"b to a"));
+    a.send(&Destination::All, Bytes::from_static(b"a to all"));
+    assert_eq!(next(&mut b).await, message(&ida, b"a to all"));
+
+    // A large message arrives intact and costs 20 bytes beyond its payload.
+    let large: Bytes = (0..1_000_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let before = a.stats().bytes_sent;
+    a.send(&Destination::Replica(idb.clone()), large.clone());
+    match next(&mut b).await {
+        TransportEvent::Message { from, bytes } => {
+            assert_eq!(from, ida);
+            assert_eq!(bytes, large);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        a.stats().bytes_sent - before,
+        large.len() as u64 + FRAME_OVERHEAD as u64
+    );
+
+    // Nothing goes to an unknown replica; empty messages are refused.
+    a.send(&Destination::Replica(id("c", 1)), Bytes::from_static(b"x"));
+    a.send(&Destination::All, Bytes::new());
+    let stats = a.stats();
+    assert_eq!(stats.dropped_unreachable, 1);
+    assert_eq!(stats.dropped_invalid, 1);
+    assert_eq!(stats.handshakes_ok, 1);
+    assert_eq!(stats.frames_sent, 3);
+    assert_eq!(b.stats().frames_received, 3);
+
+    a.close().await;
+    assert_eq!(next(&mut b).await, TransportEvent::LinkLost(ida));
+    assert!(with_timeout(a.recv()).await.unwrap().is_none());
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_and_nothing_reported() {
+    let mut b = bind(id("b", 1), &[]).await;
+    let config = config(id("a", 1), "another secret").with_peers([b.local_addr()]);
+    let mut a = TcpTransport::bind(config).await.unwrap();
+    eventually("an authentication failure", || b.stats().auth_failures >= 1).await;
+    b.send(&Destination::All, Bytes::from_static(b"secret"));
+    a.send(&Destination::All, Bytes::from_static(b"forged"));
+    b.send(
+        &Destination::Replica(id("a", 1)),
+        Bytes::from_static(b"secret"),
+    );
+    a.send(
+        &Destination::Replica(id("b", 1)),
+        Bytes::from_static(b"forged"),
+    );
+    let (_, _) = tokio::join!(
+        quiet(&mut a, Duration::from_millis(500)),
+        quiet(&mut b, Duration::from_millis(500))
+    );
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sb.handshakes_refused >= 1, "{sb:?}");
+    assert!(sa.handshakes_refused >= 1, "{sa:?}");
+    assert_eq!((sa.handshakes_ok, sb.handshakes_ok), (0, 0));
+    assert_eq!((sa.frames_sent, sb.frames_sent), (0, 0));
+    assert_eq!((sa.dropped_unreachable, sb.dropped_unreachable), (1, 1));
+}
+
+#[tokio::test]
+async fn malformed_handshakes_are_refused_and_good_peers_still_served() {
+    let mut config = config(id("b", 1), SECRET);
+    config.handshake_timeout = Duration::from_millis(300);
+    let mut b = TcpTransport::bind(config).await.unwrap();
+    let addr = b.local_addr();
+    let frame = |body: &[u8]| {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    };
+    let mut wrong_version = MAGIC.to_vec();
+    wrong_version.push(wire::VERSION.wrapping_add(1));
+    wrong_version.extend_from_slice(&[7; CHALLENGE_LEN]);
+    let mut truncated = frame(&wrong_version);
+    truncated[LENGTH_LEN + MAGIC.len()] = wire::VERSION;
+    truncated.truncate(12);
+    let attempts: Vec<(Vec<u8>, bool)> = vec![
+        (b"GET / HTTP/1.1\r\nHost: b\r\n\r\n".to_vec(), false),
+        (frame(b"hello, who is there?"), false),
+        (vec![0xff; 4], false),
+        (frame(&wrong_version), false),
+        // Cut short, then the write side closed.
+        (truncated.clone(), true),
+        // Cut short, and left hanging until the handshake times out.
+        (truncated, false),
+    ];
+    for (bytes, shutdown) in attempts {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        if shutdown {
+            stream.shutdown().await.unwrap();
+        }
+        // An unauthenticated process gets the hello and nothing more.
+        let got = read_to_close(&mut stream).await;
+        assert!(got.len() <= LENGTH_LEN + HELLO_LEN, "{} bytes", got.len());
+    }
+    eventually("six refusals", || b.stats().handshakes_refused == 6).await;
+    let stats = b.stats();
+    assert_eq!(stats.version_mismatches, 1);
+    assert_eq!(stats.frames_oversized, 2);
+    assert_eq!(stats.auth_failures, 0);
+
+    let ida = id("a", 1);
+    let mut a = bind(ida.clone(), &[addr]).await;
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(id("b", 1)));
+    a.send(&Destination::All, Bytes::from_static(b"still here"));
+    assert_eq!(next(&mut b).await, message(&ida, b"still here"));
+}
+
+#[tokio::test]
+async fn a_replayed_or_forged_frame_closes_the_link() {
+    let mut b = bind(id("b", 1), &[]).await;
+    let secret = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+    let me = id("raw", 1);
+    let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
+    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(session.peer, id("b", 1));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(me.clone()));
+
+    let mut frame = ((2 + TAG_LEN) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(b"hi");
+    frame.extend_from_slice(&session.seal.seal(b"hi"));
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(next(&mut b).await, message(&me, b"hi"));
+    // The same frame again: its sequence number is past.
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(next(&mut b).await, TransportEvent::LinkLost(me.clone()));
+    assert_eq!(b.stats().frames_refused, 1);
+
+    // A frame with an altered payload.
+    let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
+    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(me.clone()));
+    let mut frame = ((2 + TAG_LEN) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(b"ho");
+    frame.extend_from_slice(&session.seal.seal(b"hi"));
+    stream.write_all(&frame).await.unwrap();
+    assert_eq!(next(&mut b).await, TransportEvent::LinkLost(me));
+    assert_eq!(b.stats().frames_refused, 2);
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected() {
+    let (mut a, ida, mut b, idb) = pair().await;
+    let addr = b.local_addr();
+    b.close().await;
+    drop(b);
+    assert_eq!(next(&mut a).await, TransportEvent::LinkLost(idb));
+
+    let restarted = id("b", 2);
+    let mut config = config(restarted.clone(), SECRET);
+    config.listen = addr;
+    let mut b = with_timeout(async {
+        loop {
+            match TcpTransport::bind(config.clone()).await {
+                Ok(b) => break b,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        next(&mut a).await,
+        TransportEvent::Connected(restarted.clone())
+    );
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    a.send(
+        &Destination::Replica(restarted),
+        Bytes::from_static(b"welcome back"),
+    );
+    assert_eq!(next(&mut b).await, message(&ida, b"welcome back"));
+}
+
+#[tokio::test]
+async fn peers_dialing_each_other_are_reported_once() {
+    let (ida, idb) = (id("a", 1), id("b", 1));
+    let mut b = bind(idb.clone(), &[]).await;
+    let mut a = bind(ida.clone(), &[b.local_addr()]).await;
+    b.add_peer(a.local_addr()).unwrap();
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    eventually("two links each way", || {
+        a.stats().handshakes_ok == 2 && b.stats().handshakes_ok == 2
+    })
+    .await;
+    a.send(&Destination::All, Bytes::from_static(b"one"));
+    assert_eq!(next(&mut b).await, message(&ida, b"one"));
+    quiet(&mut b, Duration::from_millis(100)).await;
+    quiet(&mut a, Duration::from_millis(100)).await;
+
+    b.close().await;
+    assert_eq!(next(&mut a).await, TransportEvent::LinkLost(idb));
+    quiet(&mut a, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_instead_of_blocking() {
+    let (ida, idb) = (id("a", 1), id("b", 1));
+    let mut b = bind(idb.clone(), &[]).await;
+    let mut config = config(ida.clone(), SECRET).with_peers([b.local_addr()]);
+    config.queue_len = 2;
+    let mut a = TcpTransport::bind(config).await.unwrap();
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    // On this single-threaded runtime the writer cannot run between
+    // these sends: two fit, the rest are dropped.
+    for _ in 0..100 {
+        a.send(&Destination::Replica(idb.clone()), Bytes::from_static(b"m"));
+    }
+    assert_eq!(a.stats().dropped_full, 98);
+    assert_eq!(next(&mut b).await, message(&ida, b"m"));
+    assert_eq!(next(&mut b).await, message(&ida, b"m"));
+    quiet(&mut b, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn an_idle_peer_is_dropped_and_keepalives_keep_links_up() {
+    let (ida, idb) = (id("a", 1), id("b", 1));
+    let mut config_b = config(idb.clone(), SECRET);
+    config_b.keepalive_interval = Duration::from_millis(20);
+    config_b.idle_timeout = Duration::from_millis(100);
+    let mut b = TcpTransport::bind(config_b).await.unwrap();
+    let mut config_a = config(ida.clone(), SECRET).with_peers([b.local_addr()]);
+    config_a.keepalive_interval = Duration::from_millis(20);
+    config_a.idle_timeout = Duration::from_millis(100);
+    let mut a = TcpTransport::bind(config_a).await.unwrap();
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    // Several idle timeouts pass without a message: keepalives hold.
+    quiet(&mut a, Duration::from_millis(400)).await;
+    assert!(b.stats().frames_received >= 5);
+
+    // A raw peer that authenticates and then says nothing is dropped.
+    let secret = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+    let raw = id("raw", 1);
+    let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
+    with_timeout(handshake(&mut stream, Role::Dialer, &raw, &secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(raw.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::LinkLost(raw));
+}
+
+#[tokio::test]
+async fn unusable_settings_are_refused() {
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let refused = async |config: TcpConfig| {
+        matches!(
+            TcpTransport::bind(config).await,
+            Err(TransportError::Config { .. })
+        )
+    };
+    assert!(refused(TcpConfig::new(id("a", 1), listen, "")).await);
+    let mut config = TcpConfig::new(id("a", 1), listen, SECRET);
+    config.queue_len = 0;
+    assert!(refused(config).await);
+    let mut config = TcpConfig::new(id("a", 1), listen, SECRET);
+    config.max_frame_bytes = 1024;
+    assert!(refused(config).await);
+    let mut config = TcpConfig::new(id("a", 1), listen, SECRET);
+    config.idle_timeout = config.keepalive_interval;
+    assert!(refused(config).await);
+    assert!(!format!("{:?}", TcpConfig::new(id("a", 1), listen, SECRET)).contains(SECRET));
+}
+
+#[test]
+fn replica_ids_round_trip_and_junk_is_refused() {
+    let long = "n".repeat(255);
+    for replica in [id("a", 1), id(&long, u32::MAX)] {
+        assert_eq!(decode_id(&encode_id(&replica)), Some(replica));
+    }
+    let bytes = encode_id(&id("node", 9));
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_id(&bytes[..cut]), None);
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(decode_id(&longer), None);
+    assert_eq!(decode_id(&[0; 13]), None, "empty name");
+    assert_eq!(
+        decode_id(&[2, 0xff, 0xfe, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        None,
+        "not UTF-8"
+    );
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Mutex;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::transport::tls::{TlsConfig, TlsError};
+
+    const MARKER: &[u8] = b"a presence nobody outside may read";
+
+    fn fixture(file: &str) -> Vec<u8> {
+        let path = format!("{}/tests/fixtures/tls/{file}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The cluster's authority, and a replica certificate signed by it
+    /// (`cluster`) or by another authority (`other`).
+    fn tls(cert: &str) -> TlsConfig {
+        TlsConfig::from_pem(
+            &fixture("cluster-ca.pem"),
+            &fixture(&format!("{cert}-node.pem")),
+            &fixture(&format!("{cert}-node.key")),
+        )
+        .unwrap()
+    }
+
+    fn tls_config(replica: ReplicaId, cert: Option<&str>) -> TcpConfig {
+        let mut config = config(replica, SECRET);
+        config.tls = cert.map(tls);
+        config
+    }
+
+    /// Forwards one connection from its own address to `to`, recording
+    /// every byte that crosses it, both ways.
+    async fn recording_proxy(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let outbound = TcpStream::connect(to).await.unwrap();
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            let pipe = |mut from: tokio::net::tcp::OwnedReadHalf,
+                        mut to: tokio::net::tcp::OwnedWriteHalf,
+                        record: Arc<Mutex<Vec<u8>>>| async move {
+                let mut buf = [0; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf).await {
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(
+                pipe(in_read, out_write, Arc::clone(&record)),
+                pipe(out_read, in_write, record),
+            );
+        });
+        (addr, seen)
+    }
+
+    /// Sends the marker from a to b through a recording proxy; whether
+    /// it crossed the wire readable.
+    async fn marker_visible(cert: Option<&str>) -> bool {
+        let (ida, idb) = (id("a", 1), id("b", 1));
+        let mut b = TcpTransport::bind(tls_config(idb.clone(), cert))
+            .await
+            .unwrap();
+        let (proxy, seen) = recording_proxy(b.local_addr()).await;
+        let config = tls_config(ida.clone(), cert).with_peers([proxy]);
+        let mut a = TcpTransport::bind(config).await.unwrap();
+        assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+        assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+        a.send(&Destination::Replica(idb), Bytes::from_static(MARKER));
+        assert_eq!(next(&mut b).await, message(&ida, MARKER));
+        let seen = seen.lock().unwrap();
+        seen.windows(MARKER.len()).any(|w| w == MARKER)
+    }
+
+    #[tokio::test]
+    async fn with_tls_messages_cross_the_wire_encrypted() {
+        assert!(
+            marker_visible(None).await,
+            "plain TCP carries payloads as they are"
+        );
+        assert!(
+            !marker_visible(Some("cluster")).await,
+            "TLS must hide payloads"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_peers_and_untrusted_certificates_are_refused() {
+        let (ida, idb) = (id("a", 1), id("b", 1));
+        let mut a = TcpTransport::bind(tls_config(ida, Some("cluster")))
+            .await
+            .unwrap();
+        // b dials without TLS, then with a certificate of another
+        // authority, then a's TLS dials b's plain listener: nothing
+        // connects, and a counts each refusal.
+        for cert in [None, Some("other")] {
+            let config = tls_config(idb.clone(), cert).with_peers([a.local_addr()]);
+            let mut b = TcpTransport::bind(config).await.unwrap();
+            eventually("a refusing b", || a.stats().tls_failures >= 1).await;
+            quiet(&mut b, Duration::from_millis(200)).await;
+            b.close().await;
+        }
+        let b = TcpTransport::bind(tls_config(idb, None)).await.unwrap();
+        a.add_peer(b.local_addr()).unwrap();
+        eventually("a failing TLS towards b", || a.stats().tls_failures >= 3).await;
+        quiet(&mut a, Duration::from_millis(200)).await;
+        assert_eq!(a.stats().handshakes_ok, 0);
+        assert_eq!(b.stats().handshakes_ok, 0);
+    }
+
+    #[test]
+    fn unusable_pem_is_a_typed_error() {
+        let (ca, cert, key) = (
+            fixture("cluster-ca.pem"),
+            fixture("cluster-node.pem"),
+            fixture("cluster-node.key"),
+        );
+        let junk = b"not PEM at all".as_slice();
+        let wrong_key = fixture("other-node.key");
+        let check = |ca: &[u8], cert: &[u8], key: &[u8], expected: &dyn Fn(&TlsError) -> bool| {
+            match TlsConfig::from_pem(ca, cert, key) {
+                Err(TransportError::Tls(error)) => {
+                    assert!(expected(&error), "unexpected {error:?}");
+                    let detailed = matches!(error, TlsError::Missing(_))
+                        || std::error::Error::source(&error).is_some();
+                    assert!(detailed, "{error:?} lost its source");
+                }
+                other => panic!("expected a TLS error, got {other:?}"),
+            }
+        };
+        check(junk, &cert, &key, &|e| {
+            matches!(e, TlsError::Missing("certificate authority"))
+        });
+        check(&ca, junk, &key, &|e| {
+            matches!(e, TlsError::Missing("certificate"))
+        });
+        check(&ca, &cert, junk, &|e| {
+            matches!(
+                e,
+                TlsError::Pem {
+                    what: "private key",
+                    ..
+                }
+            )
+        });
+        check(&ca, &cert, &wrong_key, &|e| {
+            matches!(e, TlsError::Rejected { .. })
+        });
+    }
+}
