@@ -24,7 +24,7 @@ use attendance::protocol::Config;
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 
 const TOPIC: &str = "room:lobby";
-const SECRET: &str = "attendance-demo-secret";
+const SECRET: &str = "attendance demo secret: 32 bytes or more";
 const BROADCAST_MS: u64 = 200;
 
 fn main() -> Result<(), Box<dyn Error>> {

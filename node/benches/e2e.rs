@@ -54,7 +54,7 @@ fn main() {
                 "--listen".into(),
                 addrs[i].to_string(),
                 "--secret".into(),
-                "bench".into(),
+                "the bench cluster secret, 32+ bytes".into(),
             ];
             for peer in &addrs[..i] {
                 args.extend(["--peer".into(), peer.to_string()]);

@@ -48,7 +48,9 @@ struct Args {
     /// A peer's address; repeat for several.
     #[arg(long = "peer")]
     peers: Vec<SocketAddr>,
-    /// The cluster secret.
+    /// The cluster secret: at least 32 random bytes (a key, not a
+    /// passphrase; e.g. `openssl rand -base64 32`). Prefer --secret-env: a
+    /// command line is visible to other users of the machine.
     #[arg(long, conflicts_with = "secret_env")]
     secret: Option<String>,
     /// The environment variable holding the cluster secret.

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const BROADCAST_MS: u64 = 100;
-const SECRET: &str = "test-cluster-secret";
+const SECRET: &str = "the test cluster secret, 32+ bytes long";
 
 mod support;
 
@@ -207,7 +207,7 @@ fn a_process_with_the_wrong_secret_gets_nothing_and_changes_nothing() {
         "mallory",
         stranger_addr,
         &addrs,
-        "wrong-secret",
+        "a wrong cluster secret, also 32+ bytes",
         &["room/mallory/x"],
     );
     thread::sleep(Duration::from_millis(10 * BROADCAST_MS));

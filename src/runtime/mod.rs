@@ -58,6 +58,7 @@ pub use subscription::{Subscription, SubscriptionEvent};
 
 use crate::protocol::{Config, ConfigError, Event, Metrics, Node, ReplicaStatus};
 use crate::state::group_by_key;
+use crate::transport::tcp::Keyring;
 use crate::transport::{StatsReader, Transport, TransportError, TransportEvent, TransportStats};
 use crate::{
     Incarnation, KeyGroup, Limits, Meta, Presence, PresenceId, ReplicaId, ReplicaName, State,
@@ -104,6 +105,7 @@ pub struct TrackerBuilder<M> {
     listen: Option<SocketAddr>,
     peers: Vec<SocketAddr>,
     secret: Option<Vec<u8>>,
+    keyring: Option<Keyring>,
     config: Config,
     limits: Limits,
     subscriber_queue: usize,
@@ -120,6 +122,7 @@ impl<M> std::fmt::Debug for TrackerBuilder<M> {
             .field("listen", &self.listen)
             .field("peers", &self.peers)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("keyring", &self.keyring)
             .field("config", &self.config)
             .field("limits", &self.limits)
             .field("subscriber_queue", &self.subscriber_queue)
@@ -151,9 +154,18 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     }
 
     /// The cluster secret every member holds: peers prove they know it
-    /// before anything is exchanged.
+    /// before anything is exchanged. At least 32 random bytes
+    /// ([`MIN_SECRET_LEN`](crate::transport::tcp::MIN_SECRET_LEN)); a
+    /// shorter one fails [`start`](Self::start).
     pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.secret = Some(secret.into());
+        self
+    }
+
+    /// Several cluster secrets, to rotate them without a restart (see
+    /// [`Keyring`]); takes the place of [`secret`](Self::secret).
+    pub fn keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
         self
     }
 
@@ -208,13 +220,18 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     pub async fn start(self) -> Result<Tracker<M>, StartError> {
         use crate::transport::tcp::{TAG_LEN, TcpConfig, TcpTransport};
         let listen = self.listen.ok_or(StartError::Missing("listen address"))?;
-        let secret = self.secret.clone().ok_or(StartError::Missing("secret"))?;
+        let keyring = match (&self.keyring, &self.secret) {
+            (Some(ring), _) => ring.clone(),
+            (None, Some(secret)) => Keyring::new(secret)?,
+            (None, None) => return Err(StartError::Missing("secret")),
+        };
         self.config.validate()?;
         let id = self.replica_id()?;
-        let mut tcp = TcpConfig::new(id.clone(), listen, secret).with_peers(self.peers.clone());
-        tcp.max_frame_bytes = tcp
-            .max_frame_bytes
-            .max(self.config.max_message_bytes + TAG_LEN);
+        let mut tcp = TcpConfig::new(id.clone(), listen, Vec::new())
+            .with_peers(self.peers.clone())
+            .with_keyring(keyring.clone());
+        // A link never buffers a frame larger than a message may be.
+        tcp.max_frame_bytes = self.config.max_message_bytes + TAG_LEN;
         #[cfg(feature = "tls")]
         {
             tcp.tls = self.tls.clone();
@@ -224,6 +241,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         let tracker = self.launch(id, transport)?;
         Ok(Tracker {
             local_addr: Some(local),
+            keyring: Some(keyring),
             ..tracker
         })
     }
@@ -294,6 +312,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
             shared,
             commands,
             local_addr: None,
+            keyring: None,
         })
     }
 }
@@ -307,6 +326,7 @@ pub struct Tracker<M: Meta> {
     shared: Arc<Shared<M>>,
     commands: mpsc::Sender<Command>,
     local_addr: Option<SocketAddr>,
+    keyring: Option<Keyring>,
 }
 
 impl<M: Meta> std::fmt::Debug for Tracker<M> {
@@ -324,6 +344,7 @@ impl<M: Meta> Clone for Tracker<M> {
             shared: self.shared.clone(),
             commands: self.commands.clone(),
             local_addr: self.local_addr,
+            keyring: self.keyring.clone(),
         }
     }
 }
@@ -361,6 +382,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             listen: None,
             peers: Vec::new(),
             secret: None,
+            keyring: None,
             config: Config::default(),
             limits: Limits::default(),
             subscriber_queue: 1024,
@@ -381,6 +403,12 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
     /// The address the TCP transport listens on, when it is the transport.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr
+    }
+
+    /// The cluster secrets of the TCP mesh, when it is the transport:
+    /// install, use and remove secrets here while the tracker runs.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
     }
 
     /// Tracks a presence of this replica. Dropping the guard untracks it.

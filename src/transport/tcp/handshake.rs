@@ -3,6 +3,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -11,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::frame::{FrameMac, codec, is_oversized};
+use super::keyring::{KeyId, Keyring};
 use super::stats::bump;
 use super::{HmacSha256, Shared};
 use crate::wire;
@@ -18,7 +21,10 @@ use crate::{Incarnation, ReplicaId, ReplicaName};
 
 pub(super) const MAGIC: &[u8; 4] = b"attn";
 pub(super) const CHALLENGE_LEN: usize = 32;
-pub(super) const HELLO_LEN: usize = MAGIC.len() + 1 + CHALLENGE_LEN;
+const KEY_ID_LEN: usize = 8;
+pub(super) const HELLO_LEN: usize = MAGIC.len() + 1 + CHALLENGE_LEN + KEY_ID_LEN;
+/// Refusals logged per second; the rest are counted.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
 const MAC_LEN: usize = 32;
 /// Room for the largest auth frame (1 + 255 + 12 + 32 bytes).
 const HANDSHAKE_MAX_FRAME: usize = 512;
@@ -46,6 +52,8 @@ pub(super) enum HandshakeError {
     Malformed(&'static str),
     Version(u8),
     BadMac,
+    /// The dialer named a secret this replica does not hold.
+    UnknownKey(KeyId),
     /// The TLS handshake failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
@@ -66,14 +74,70 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
-/// Counts and logs a connection that did not authenticate.
+/// How many refusals may still be logged in the current second.
+#[derive(Default)]
+pub(super) struct LogBudget {
+    second: Option<Instant>,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl LogBudget {
+    /// Whether one more refusal may be logged now; when a new second
+    /// starts, how many were not logged in the last.
+    fn take(&mut self) -> (bool, u64) {
+        let now = Instant::now();
+        let mut dropped = 0;
+        if self
+            .second
+            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.logged = 0;
+            dropped = std::mem::take(&mut self.unlogged);
+        }
+        if self.logged < REFUSALS_LOGGED_PER_SECOND {
+            self.logged += 1;
+            (true, dropped)
+        } else {
+            self.unlogged += 1;
+            (false, dropped)
+        }
+    }
+}
+
+/// Counts a connection that did not authenticate, and logs it unless too
+/// many came within the second (a flood must not flood the logs too).
 pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &HandshakeError) {
     let counters = &shared.counters;
     bump(&counters.handshakes_refused);
     match error {
+        HandshakeError::Busy => bump(&counters.handshakes_busy),
+        HandshakeError::UnknownKey(_) => bump(&counters.unknown_keys),
+        _ => {}
+    }
+    let (log, unlogged) = shared
+        .refusal_log
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if unlogged > 0 {
+        tracing::warn!(
+            unlogged,
+            "refused connections not logged in the last second"
+        );
+    }
+    if !log {
+        bump(&counters.refusals_not_logged);
+        return;
+    }
+    match error {
         HandshakeError::BadMac => {
             bump(&counters.auth_failures);
             tracing::warn!(%addr, ?role, "handshake refused: authentication failed (another cluster secret?)");
+        }
+        HandshakeError::UnknownKey(key) => {
+            tracing::warn!(%addr, ?role, %key, "handshake refused: the dialer's secret is not in the keyring");
         }
         HandshakeError::Version(version) => {
             bump(&counters.version_mismatches);
@@ -119,6 +183,8 @@ pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &Han
 /// An authenticated connection's keys and what was read past the handshake.
 pub(super) struct Session {
     pub(super) peer: ReplicaId,
+    /// The cluster secret that authenticated it.
+    pub(super) key: KeyId,
     pub(super) seal: FrameMac,
     pub(super) open: FrameMac,
     pub(super) read_buf: BytesMut,
@@ -198,22 +264,31 @@ where
     }
 }
 
-/// Authenticates a fresh connection both ways (see the module docs).
+/// Authenticates a fresh connection both ways (see the module docs). The
+/// peer's hello must arrive within `hello_timeout`.
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     role: Role,
     me: &ReplicaId,
-    secret: &HmacSha256,
+    keyring: &Keyring,
+    hello_timeout: Duration,
 ) -> Result<Session, HandshakeError> {
     let mut framed = Framed::new(&mut *stream, codec(HANDSHAKE_MAX_FRAME));
+    // The dialer picks the secret; the acceptor's hello names its own
+    // primary, for the logs only.
+    let (own_key, dialing) = keyring.dialing_key();
     let mut own_hello = [0; HELLO_LEN];
-    let (head, challenge) = own_hello.split_at_mut(MAGIC.len() + 1);
+    let (head, rest) = own_hello.split_at_mut(MAGIC.len() + 1);
     head[..MAGIC.len()].copy_from_slice(MAGIC);
     head[MAGIC.len()] = wire::VERSION;
+    let (challenge, key_id) = rest.split_at_mut(CHALLENGE_LEN);
     getrandom::fill(challenge).map_err(HandshakeError::Random)?;
+    key_id.copy_from_slice(own_key.as_bytes());
     framed.send(Bytes::copy_from_slice(&own_hello)).await?;
 
-    let peer_hello = read_frame(&mut framed).await?;
+    let peer_hello = tokio::time::timeout(hello_timeout, read_frame(&mut framed))
+        .await
+        .map_err(|_| HandshakeError::Timeout)??;
     check_hello(&peer_hello)?;
     if peer_hello[..] == own_hello[..] {
         return Err(HandshakeError::Malformed("reflected hello"));
@@ -222,6 +297,16 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Role::Dialer => (&own_hello[..], &peer_hello[..]),
         Role::Acceptor => (&peer_hello[..], &own_hello[..]),
     };
+    let (key_id, secret) = match role {
+        Role::Dialer => (own_key, dialing),
+        Role::Acceptor => {
+            let mut id = [0; KEY_ID_LEN];
+            id.copy_from_slice(&peer_hello[HELLO_LEN - KEY_ID_LEN..]);
+            let id = KeyId::from_bytes(id);
+            (id, keyring.get(id).ok_or(HandshakeError::UnknownKey(id))?)
+        }
+    };
+    let secret = &secret;
     let own_id = encode_id(me);
 
     let (peer_id, peer_id_bytes) = match role {
@@ -296,6 +381,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let read_buf = framed.into_parts().read_buf;
     Ok(Session {
         peer: peer_id,
+        key: key_id,
         seal: FrameMac {
             key: key.clone(),
             direction: seal_dir,

@@ -2,7 +2,7 @@
 //! authenticated connection's reader and writer.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,11 +11,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
 use super::frame::{FrameMac, codec, is_oversized, write_frame};
 use super::handshake::{HandshakeError, Role, Session, handshake, refused};
+use super::keyring::{KeyId, Keyring};
 use super::stats::{add, bump};
 use super::{LENGTH_LEN, Link, Shared, TaskCtx};
 use crate::ReplicaId;
@@ -74,23 +75,83 @@ pub(super) async fn accept_loop(ctx: TaskCtx, listener: TcpListener) {
                 }
             }
         };
-        match Arc::clone(&shared.handshakes).try_acquire_owned() {
-            Ok(permit) => ctx.spawn(inbound(ctx.clone(), stream, addr, permit)),
-            Err(_) => refused(shared, addr, Role::Acceptor, &HandshakeError::Busy),
+        match Slot::take(&ctx.shared, addr.ip()) {
+            Some(slot) => ctx.spawn(inbound(ctx.clone(), stream, addr, slot)),
+            None => refused(shared, addr, Role::Acceptor, &HandshakeError::Busy),
         }
     }
 }
 
-async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, permit: OwnedSemaphorePermit) {
+/// A handshake in progress: its place among all handshakes (or among
+/// those kept for the configured peers) and among its address's.
+struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// A slot for a connection from `ip`, if its address and the pool it
+    /// draws from have room. Configured peers' addresses draw on the kept
+    /// slots first, so a flood from elsewhere cannot lock them out.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut pending = shared.pending_by_ip();
+        let count = pending.entry(ip).or_insert(0);
+        if *count >= shared.config.max_handshakes_per_ip {
+            if *count == 0 {
+                pending.remove(&ip);
+            }
+            return None;
+        }
+        let reserved = shared.peer_ips().contains(&ip);
+        let permit = reserved
+            .then(|| Arc::clone(&shared.reserved).try_acquire_owned().ok())
+            .flatten()
+            .or_else(|| Arc::clone(&shared.handshakes).try_acquire_owned().ok());
+        let Some(permit) = permit else {
+            if *count == 0 {
+                pending.remove(&ip);
+            }
+            return None;
+        };
+        *count += 1;
+        Some(Self {
+            shared: Arc::clone(shared),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut pending = self.shared.pending_by_ip();
+        if let Some(count) = pending.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                pending.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, slot: Slot) {
     let shared = &ctx.shared;
     set_nodelay(&stream, addr);
-    let handshake = tokio::time::timeout(shared.config.handshake_timeout, async {
-        let mut conn = secure(shared, stream, Role::Acceptor, addr).await?;
+    let config = &shared.config;
+    let hello_timeout = config.hello_timeout.min(config.handshake_timeout);
+    let handshake = tokio::time::timeout(config.handshake_timeout, async {
+        // An idle connection gives its slot back after hello_timeout.
+        let mut conn =
+            tokio::time::timeout(hello_timeout, secure(shared, stream, Role::Acceptor, addr))
+                .await
+                .map_err(|_| HandshakeError::Timeout)??;
         let session = handshake(
             &mut conn,
             Role::Acceptor,
-            &shared.config.replica,
-            &shared.secret,
+            &config.replica,
+            &shared.keyring,
+            hello_timeout,
         )
         .await?;
         Ok((conn, session))
@@ -99,7 +160,7 @@ async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, permit: Owne
         () = shared.stop.cancelled() => return,
         result = handshake => result.unwrap_or(Err(HandshakeError::Timeout)),
     };
-    drop(permit);
+    drop(slot);
     match result {
         Ok((conn, session)) => {
             bump(&shared.counters.handshakes_ok);
@@ -137,8 +198,14 @@ pub(super) async fn dial_loop(ctx: TaskCtx, addr: SocketAddr) {
                 set_nodelay(&stream, addr);
                 let handshake = async {
                     let mut conn = secure(shared, stream, Role::Dialer, addr).await?;
-                    let session =
-                        handshake(&mut conn, Role::Dialer, &config.replica, &shared.secret).await?;
+                    let session = handshake(
+                        &mut conn,
+                        Role::Dialer,
+                        &config.replica,
+                        &shared.keyring,
+                        config.handshake_timeout,
+                    )
+                    .await?;
                     Ok((conn, session))
                 };
                 match tokio::time::timeout(config.handshake_timeout, handshake).await {
@@ -154,8 +221,13 @@ pub(super) async fn dial_loop(ctx: TaskCtx, addr: SocketAddr) {
         match result {
             Ok((stream, session)) => {
                 bump(&shared.counters.handshakes_ok);
-                backoff = config.connect_backoff_min;
+                let started = tokio::time::Instant::now();
                 run_link(&ctx, stream, session, addr).await;
+                // A link that ends right after its handshake (the peer
+                // refused it) does not earn a quick redial.
+                if started.elapsed() >= config.connect_backoff_max {
+                    backoff = config.connect_backoff_min;
+                }
             }
             Err(DialError::Connect(error)) => {
                 bump(&shared.counters.connect_failures);
@@ -196,6 +268,8 @@ enum LinkEnd {
     Oversized,
     BadMac,
     Idle,
+    /// The secret that authenticated it was removed from the keyring.
+    KeyRemoved,
     /// Nobody receives the events any more.
     Unheard,
 }
@@ -206,11 +280,13 @@ enum LinkEnd {
 async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAddr) {
     let Session {
         peer,
+        key,
         mut seal,
         mut open,
         read_buf,
     } = session;
     let shared = &ctx.shared;
+    let mut removals = shared.keyring.removals();
     let (tx, mut rx) = mpsc::channel(shared.config.queue_len);
     let queued = Arc::new(AtomicUsize::new(0));
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -232,6 +308,7 @@ async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAdd
         tokio::pin!(read, write);
         tokio::select! {
             end = &mut read => end,
+            () = key_removed(&shared.keyring, key, &mut removals) => LinkEnd::KeyRemoved,
             written = &mut write => match written {
                 // Closing: what was queued is written and our side shut
                 // down. Reading on until the peer closes too means the
@@ -251,6 +328,10 @@ async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAdd
         LinkEnd::Write(error) => tracing::debug!(%peer, %addr, %error, "link write failed"),
         LinkEnd::Idle => tracing::debug!(%peer, %addr, "link idle, closed"),
         LinkEnd::Unheard => tracing::debug!(%peer, %addr, "transport dropped, link closed"),
+        LinkEnd::KeyRemoved => {
+            bump(&counters.links_rekeyed);
+            tracing::info!(%peer, %addr, %key, "secret removed, link closed");
+        }
         LinkEnd::Oversized => {
             bump(&counters.frames_oversized);
             tracing::warn!(%peer, %addr, "oversized frame, link closed");
@@ -261,6 +342,19 @@ async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAdd
         }
     }
     ctx.unregister(&peer, conn).await;
+}
+
+/// Returns once `key` is no longer in the keyring.
+async fn key_removed(keyring: &Keyring, key: KeyId, removals: &mut watch::Receiver<u64>) {
+    loop {
+        if !keyring.accepts(key) {
+            return;
+        }
+        if removals.changed().await.is_err() {
+            // The ring is gone with the transport: the link ends otherwise.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn read_loop(

@@ -1,7 +1,7 @@
 //! An authenticated TCP mesh.
 //!
 //! Every replica listens on one address and dials the peer addresses it is
-//! given; each link is authenticated both ways with the cluster secret
+//! given; each link is authenticated both ways with a cluster secret
 //! before anything is reported or sent on it.
 //!
 //! # On the wire
@@ -11,9 +11,12 @@
 //! the secret first, so an acceptor never sends anything derived from the
 //! secret to an unauthenticated process:
 //!
-//! 1. Both sides send a hello (37 bytes): `"attn"`, the format version
-//!    ([`wire::VERSION`]), a 32-byte random challenge.
-//!    Either side closes the connection if the versions differ.
+//! 1. Both sides send a hello (45 bytes): `"attn"`, the format version
+//!    ([`crate::wire::VERSION`]), a 32-byte random challenge, and the
+//!    [`KeyId`] of the secret it dials with. Either side closes the
+//!    connection if the versions differ; the acceptor closes it if it does
+//!    not hold the dialer's secret ([`Keyring`]). The acceptor must
+//!    receive the dialer's hello within [`TcpConfig::hello_timeout`].
 //! 2. The dialer sends its replica id and
 //!    `HMAC-SHA256(secret, "attn-dialer\0" ‖ hello_d ‖ hello_a ‖ id_d)` (32 bytes).
 //! 3. The acceptor checks it (constant-time), then answers with its own id
@@ -40,17 +43,17 @@
 //! Without it, run the mesh on a network where the presence data may be
 //! seen, or under a tunnel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use hmac::Hmac;
 use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
@@ -61,15 +64,16 @@ use super::tls::TlsConfig;
 use super::{Transport, TransportError, TransportEvent};
 use crate::ReplicaId;
 use crate::protocol::Destination;
-use crate::wire;
 
 mod frame;
 mod handshake;
+mod keyring;
 mod link;
 mod stats;
 #[cfg(test)]
 mod tests;
 
+pub use keyring::{KeyId, Keyring, MIN_SECRET_LEN};
 use link::{accept_loop, dial_loop};
 pub use stats::TcpStats;
 use stats::{Counters, bump};
@@ -91,8 +95,9 @@ const MIN_FRAME_BYTES: usize = (64 << 10) + TAG_LEN;
 /// Events waiting for [`Transport::recv`]; beyond it, readers stop reading
 /// and TCP pushes back on the peers.
 const EVENT_QUEUE_LEN: usize = 1024;
-/// Handshakes accepted at once; more connections are refused until one ends.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Authenticated links to one replica id: one it dialed and one dialed to
+/// it. A further connection claiming the id is refused.
+const MAX_LINKS_PER_PEER: usize = 2;
 
 /// Settings of a [`TcpTransport`].
 ///
@@ -121,11 +126,12 @@ pub struct TcpConfig {
     /// Addresses to dial and keep dialing. Peers that dial this replica
     /// need not be listed.
     pub peers: Vec<SocketAddr>,
-    /// The largest frame sent or accepted, payload and tag. It must be at
-    /// least the protocol's `max_message_bytes` plus [`TAG_LEN`]; larger
-    /// messages are dropped on send, and a peer sending a larger frame is
-    /// disconnected. Default 64 MiB + 64 KiB; at least 64 KiB + 16 bytes,
-    /// at most `u32::MAX`.
+    /// The largest frame sent or accepted, payload and tag: the protocol's
+    /// `max_message_bytes` plus [`TAG_LEN`] (a `Tracker` sets it so).
+    /// Larger messages are dropped on send, and a peer announcing a larger
+    /// frame is disconnected, so a link never buffers more. Default
+    /// 1 MiB + 16 bytes, as the protocol's default; at least 64 KiB + 16
+    /// bytes, at most `u32::MAX`.
     pub max_frame_bytes: usize,
     /// Messages queued per link before more are dropped. Default 1024.
     pub queue_len: usize,
@@ -141,6 +147,23 @@ pub struct TcpConfig {
     /// The time allowed to connect, and then to complete the handshake.
     /// Default 5 s.
     pub handshake_timeout: Duration,
+    /// An accepted connection must deliver its first handshake message
+    /// (and, with TLS, finish the TLS handshake) within this (or within
+    /// `handshake_timeout`, if shorter), so that idle connections cannot
+    /// hold handshake slots. Default 1 s.
+    pub hello_timeout: Duration,
+    /// Handshakes accepted at once from addresses other than the
+    /// configured peers'. Default 64.
+    pub max_handshakes: usize,
+    /// Handshakes accepted at once from one IP address. Default 4.
+    pub max_handshakes_per_ip: usize,
+    /// Handshake slots kept for the IP addresses of the configured peers
+    /// (and of [`Transport::add_peer`]), which a flood from other addresses
+    /// cannot take. Default 16.
+    pub reserved_handshakes: usize,
+    /// Authenticated links held at once, to all peers. Default 8,192 (two
+    /// per replica at the protocol's default `max_replicas`).
+    pub max_links: usize,
     /// A link that sent nothing for this long sends a keepalive. Default 5 s.
     pub keepalive_interval: Duration,
     /// A link on which nothing arrived for this long is closed (the peer
@@ -155,30 +178,46 @@ pub struct TcpConfig {
     #[cfg(feature = "tls")]
     pub tls: Option<TlsConfig>,
     secret: Vec<u8>,
+    keyring: Option<Keyring>,
 }
 
 impl TcpConfig {
     /// The defaults, for `replica` listening on `listen`, authenticating
-    /// with the cluster `secret` (which every replica of the cluster shares;
-    /// use at least 32 random bytes).
+    /// with the cluster `secret`, which every replica of the cluster shares:
+    /// at least [`MIN_SECRET_LEN`] (32) random bytes.
     pub fn new(replica: ReplicaId, listen: SocketAddr, secret: impl Into<Vec<u8>>) -> Self {
         Self {
             replica,
             listen,
             peers: Vec::new(),
-            max_frame_bytes: wire::DEFAULT_MAX_MESSAGE_BYTES + (64 << 10),
+            max_frame_bytes: (1 << 20) + TAG_LEN,
             queue_len: 1024,
             queue_bytes: 64 << 20,
             connect_backoff_min: Duration::from_millis(50),
             connect_backoff_max: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
+            hello_timeout: Duration::from_secs(1),
+            max_handshakes: 64,
+            max_handshakes_per_ip: 4,
+            reserved_handshakes: 16,
+            max_links: 8192,
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(20),
             close_timeout: Duration::from_secs(2),
             #[cfg(feature = "tls")]
             tls: None,
             secret: secret.into(),
+            keyring: None,
         }
+    }
+
+    /// Authenticates with the secrets of `keyring` instead of the one
+    /// given to [`TcpConfig::new`]: several accepted at once, one used to
+    /// dial, rotated while the transport runs.
+    #[must_use]
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
     }
 
     /// Adds addresses to dial.
@@ -191,7 +230,11 @@ impl TcpConfig {
     fn validate(&self) -> Result<(), TransportError> {
         let max_frame = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
         let checks = [
-            (self.secret.is_empty(), "secret", "must not be empty"),
+            (
+                self.keyring.is_none() && self.secret.len() < MIN_SECRET_LEN,
+                "secret",
+                "must be at least 32 bytes (a random key, not a passphrase)",
+            ),
             (
                 self.max_frame_bytes < MIN_FRAME_BYTES,
                 "max_frame_bytes",
@@ -229,6 +272,22 @@ impl TcpConfig {
                 "idle_timeout",
                 "must exceed keepalive_interval",
             ),
+            (
+                self.hello_timeout.is_zero(),
+                "hello_timeout",
+                "must be positive",
+            ),
+            (
+                self.max_handshakes == 0,
+                "max_handshakes",
+                "must be at least 1",
+            ),
+            (
+                self.max_handshakes_per_ip == 0,
+                "max_handshakes_per_ip",
+                "must be at least 1",
+            ),
+            (self.max_links == 0, "max_links", "must be at least 1"),
         ];
         match checks.into_iter().find(|(failed, ..)| *failed) {
             Some((_, setting, requirement)) => Err(TransportError::Config {
@@ -252,12 +311,19 @@ impl fmt::Debug for TcpConfig {
             .field("connect_backoff_min", &self.connect_backoff_min)
             .field("connect_backoff_max", &self.connect_backoff_max)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("max_handshakes", &self.max_handshakes)
+            .field("max_handshakes_per_ip", &self.max_handshakes_per_ip)
+            .field("reserved_handshakes", &self.reserved_handshakes)
+            .field("max_links", &self.max_links)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("idle_timeout", &self.idle_timeout)
             .field("close_timeout", &self.close_timeout);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
-        d.field("secret", &"<redacted>").finish()
+        d.field("secret", &"<redacted>")
+            .field("keyring", &self.keyring)
+            .finish()
     }
 }
 
@@ -318,27 +384,31 @@ impl TcpTransport {
     ///
     /// [`TransportError::Config`] for unusable settings (such as an empty
     /// secret), [`TransportError::Io`] when the address cannot be bound.
-    pub async fn bind(config: TcpConfig) -> Result<Self, TransportError> {
+    pub async fn bind(mut config: TcpConfig) -> Result<Self, TransportError> {
         config.validate()?;
-        let secret =
-            HmacSha256::new_from_slice(&config.secret).map_err(|_| TransportError::Config {
-                setting: "secret",
-                requirement: "must key HMAC-SHA256",
-            })?;
+        let keyring = match config.keyring.take() {
+            Some(ring) => ring,
+            None => Keyring::new(&config.secret)?,
+        };
+        config.secret.clear();
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE_LEN);
         let (alive_tx, alive) = mpsc::channel(1);
         let peers = config.peers.clone();
         let shared = Arc::new(Shared {
-            config,
-            secret,
+            keyring,
             counters: Counters::default(),
             links: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(0),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
-            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+            reserved: Arc::new(Semaphore::new(config.reserved_handshakes)),
+            pending_by_ip: Mutex::new(HashMap::new()),
+            peer_ips: Mutex::new(peers.iter().map(SocketAddr::ip).collect()),
+            refusal_log: Mutex::new(handshake::LogBudget::default()),
+            config,
         });
         let ctx = TaskCtx {
             shared: Arc::clone(&shared),
@@ -371,21 +441,29 @@ impl TcpTransport {
         self.shared.counters.snapshot()
     }
 
+    /// The secrets this transport accepts and dials with; rotate them here
+    /// while it runs.
+    pub fn keyring(&self) -> &Keyring {
+        &self.shared.keyring
+    }
+
     fn dial(&mut self, address: SocketAddr) {
         let Some(ctx) = &self.ctx else { return };
         if address == self.local_addr {
             tracing::debug!(%address, "not dialing the listening address");
             return;
         }
+        self.shared.peer_ips().insert(address.ip());
         if self.dialing.insert(address) {
             ctx.spawn(dial_loop(ctx.clone(), address));
         }
     }
 
-    /// Queues `bytes` on the newest open link to `peer`.
+    /// Queues `bytes` on the oldest open link to `peer`: a second
+    /// connection claiming a live peer's id does not capture its traffic.
     fn push(shared: &Shared, links: &[Link], bytes: &Bytes) {
         let counters = &shared.counters;
-        let Some(link) = links.iter().rev().find(|l| !l.tx.is_closed()) else {
+        let Some(link) = links.iter().find(|l| !l.tx.is_closed()) else {
             bump(&counters.dropped_unreachable);
             return;
         };
@@ -437,7 +515,14 @@ impl Transport for TcpTransport {
                     Self::push(shared, peer_links, &bytes);
                 }
             }
-            Destination::Replica(peer) => match links.get(peer) {
+            // A peer that moved to a newer incarnation of its name keeps
+            // the link it authenticated with under the old one.
+            Destination::Replica(peer) => match links.get(peer).or_else(|| {
+                links
+                    .iter()
+                    .find(|(id, _)| id.name() == peer.name())
+                    .map(|(_, l)| l)
+            }) {
                 Some(peer_links) => Self::push(shared, peer_links, &bytes),
                 None => {
                     bump(&shared.counters.dropped_unreachable);
@@ -501,8 +586,7 @@ struct Link {
 
 struct Shared {
     config: TcpConfig,
-    /// Keyed with the cluster secret; cloned for each use.
-    secret: HmacSha256,
+    keyring: Keyring,
     counters: Counters,
     /// Authenticated links by peer, oldest first.
     links: Mutex<BTreeMap<ReplicaId, Vec<Link>>>,
@@ -511,7 +595,16 @@ struct Shared {
     stop: CancellationToken,
     /// Every task ends: set by drop, and by close after its grace period.
     abort: CancellationToken,
+    /// Handshake slots for any address, and those kept for the configured
+    /// peers' addresses.
     handshakes: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    /// Handshakes in progress per source address.
+    pending_by_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// The addresses of the peers this transport dials.
+    peer_ips: Mutex<BTreeSet<IpAddr>>,
+    /// How many refusals may still be logged this second.
+    refusal_log: Mutex<handshake::LogBudget>,
 }
 
 impl Shared {
@@ -519,6 +612,16 @@ impl Shared {
         // Nothing panics while holding the lock; if something did, the map
         // is still consistent.
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn peer_ips(&self) -> MutexGuard<'_, BTreeSet<IpAddr>> {
+        self.peer_ips.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending_by_ip(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.pending_by_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -552,6 +655,13 @@ impl TaskCtx {
         };
         let mut links = self.shared.links();
         if self.shared.stop.is_cancelled() {
+            return false;
+        }
+        let total: usize = links.values().map(Vec::len).sum();
+        let held = links.get(peer).map_or(0, Vec::len);
+        if total >= self.shared.config.max_links || held >= MAX_LINKS_PER_PEER {
+            bump(&self.shared.counters.links_refused);
+            tracing::warn!(%peer, held, total, "link refused: too many links");
             return false;
         }
         let peer_links = links.entry(peer.clone()).or_default();

@@ -47,6 +47,19 @@ pub struct TcpStats {
     pub dropped_invalid: u64,
     /// Dials that did not connect (refused, unreachable, timed out).
     pub connect_failures: u64,
+    /// Of `handshakes_refused`: connections refused at once because their
+    /// address, or every address, had too many handshakes in progress.
+    pub handshakes_busy: u64,
+    /// Of `handshakes_refused`: a dialer naming a secret this replica does
+    /// not hold (or no longer holds).
+    pub unknown_keys: u64,
+    /// Authenticated connections closed at once because the peer already
+    /// had two links, or `max_links` were up.
+    pub links_refused: u64,
+    /// Links closed because the secret that authenticated them was removed.
+    pub links_rekeyed: u64,
+    /// Refusals not logged because more than ten came within a second.
+    pub refusals_not_logged: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +79,11 @@ pub(super) struct Counters {
     pub(super) dropped_unreachable: AtomicU64,
     pub(super) dropped_invalid: AtomicU64,
     pub(super) connect_failures: AtomicU64,
+    pub(super) handshakes_busy: AtomicU64,
+    pub(super) unknown_keys: AtomicU64,
+    pub(super) links_refused: AtomicU64,
+    pub(super) links_rekeyed: AtomicU64,
+    pub(super) refusals_not_logged: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
@@ -95,6 +113,11 @@ impl Counters {
             dropped_unreachable: get(&self.dropped_unreachable),
             dropped_invalid: get(&self.dropped_invalid),
             connect_failures: get(&self.connect_failures),
+            handshakes_busy: get(&self.handshakes_busy),
+            unknown_keys: get(&self.unknown_keys),
+            links_refused: get(&self.links_refused),
+            links_rekeyed: get(&self.links_rekeyed),
+            refusals_not_logged: get(&self.refusals_not_logged),
         }
     }
 }

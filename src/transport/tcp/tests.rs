@@ -8,10 +8,10 @@ use tokio::net::TcpStream;
 
 use super::handshake::{CHALLENGE_LEN, HELLO_LEN, MAGIC, Role, decode_id, encode_id, handshake};
 use super::*;
-use crate::{Incarnation, ReplicaName};
+use crate::{Incarnation, ReplicaName, wire};
 
 const WAIT: Duration = Duration::from_secs(5);
-const SECRET: &str = "a shared secret for tests";
+const SECRET: &str = "a shared secret for the tests, 32+ bytes";
 
 fn id(name: &str, nonce: u32) -> ReplicaId {
     ReplicaId::new(
@@ -151,9 +151,11 @@ async fn peers_connect_and_exchange_messages() {
 #[tokio::test]
 async fn a_wrong_secret_is_refused_and_nothing_reported() {
     let mut b = bind(id("b", 1), &[]).await;
-    let config = config(id("a", 1), "another secret").with_peers([b.local_addr()]);
+    let config =
+        config(id("a", 1), "another secret, also 32 bytes or more").with_peers([b.local_addr()]);
     let mut a = TcpTransport::bind(config).await.unwrap();
-    eventually("an authentication failure", || b.stats().auth_failures >= 1).await;
+    // b does not hold the secret a's hello names.
+    eventually("an unknown key", || b.stats().unknown_keys >= 1).await;
     b.send(&Destination::All, Bytes::from_static(b"secret"));
     a.send(&Destination::All, Bytes::from_static(b"forged"));
     b.send(
@@ -230,10 +232,10 @@ async fn malformed_handshakes_are_refused_and_good_peers_still_served() {
 #[tokio::test]
 async fn a_replayed_or_forged_frame_closes_the_link() {
     let mut b = bind(id("b", 1), &[]).await;
-    let secret = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = Keyring::new(SECRET).unwrap();
     let me = id("raw", 1);
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret))
+    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret, WAIT))
         .await
         .unwrap()
         .unwrap();
@@ -252,7 +254,7 @@ async fn a_replayed_or_forged_frame_closes_the_link() {
 
     // A frame with an altered payload.
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret))
+    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret, WAIT))
         .await
         .unwrap()
         .unwrap();
@@ -358,10 +360,10 @@ async fn an_idle_peer_is_dropped_and_keepalives_keep_links_up() {
     assert!(b.stats().frames_received >= 5);
 
     // A raw peer that authenticates and then says nothing is dropped.
-    let secret = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+    let secret = Keyring::new(SECRET).unwrap();
     let raw = id("raw", 1);
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    with_timeout(handshake(&mut stream, Role::Dialer, &raw, &secret))
+    with_timeout(handshake(&mut stream, Role::Dialer, &raw, &secret, WAIT))
         .await
         .unwrap()
         .unwrap();
@@ -570,4 +572,140 @@ mod tls {
             matches!(e, TlsError::Rejected { .. })
         });
     }
+}
+
+#[tokio::test]
+async fn secrets_rotate_on_live_links_and_removed_ones_close_them() {
+    let (mut a, ida, mut b, idb) = pair().await;
+    let new = "the next cluster secret, 32+ bytes long";
+    for t in [&a, &b] {
+        t.keyring().install(new).unwrap();
+    }
+    for t in [&a, &b] {
+        t.keyring().use_secret(Keyring::key_id(new)).unwrap();
+    }
+    assert!(a.keyring().remove(Keyring::key_id(new)).is_err(), "in use");
+    // Removing the old secret closes the link it authenticated; it is
+    // dialed again with the new one.
+    for t in [&a, &b] {
+        t.keyring().remove(Keyring::key_id(SECRET)).unwrap();
+    }
+    assert_eq!(next(&mut a).await, TransportEvent::LinkLost(idb.clone()));
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(idb.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::LinkLost(ida.clone()));
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(ida.clone()));
+    assert!(a.stats().links_rekeyed >= 1);
+    a.send(&Destination::All, Bytes::from_static(b"rekeyed"));
+    assert_eq!(next(&mut b).await, message(&ida, b"rekeyed"));
+
+    // A replica that only holds the old secret is refused now.
+    let mut c = bind(id("c", 1), &[b.local_addr()]).await;
+    eventually("an unknown key", || b.stats().unknown_keys >= 1).await;
+    quiet(&mut c, Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
+    let (mut a, ida, mut b, _) = pair().await;
+    // Another process holding the secret claims to be a.
+    let ring = Keyring::new(SECRET).unwrap();
+    let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
+    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &ida, &ring, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    b.send(
+        &Destination::Replica(ida.clone()),
+        Bytes::from_static(b"for a"),
+    );
+    assert_eq!(
+        next(&mut a).await,
+        message(&id("b", 1), b"for a"),
+        "the first link keeps a's traffic"
+    );
+    // A third link claiming a is refused at once.
+    let mut third = TcpStream::connect(b.local_addr()).await.unwrap();
+    with_timeout(handshake(&mut third, Role::Dialer, &ida, &ring, WAIT))
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("a refused link", || b.stats().links_refused >= 1).await;
+    let mut frame = ((2 + TAG_LEN) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(b"hi");
+    frame.extend_from_slice(&session.seal.seal(b"hi"));
+    stream.write_all(&frame).await.unwrap();
+    // What it says arrives as a's: the protocol decides what to believe.
+    assert_eq!(next(&mut b).await, message(&ida, b"hi"));
+}
+
+#[test]
+fn a_secret_shorter_than_32_bytes_is_refused() {
+    let short = "x".repeat(MIN_SECRET_LEN - 1);
+    assert!(matches!(
+        Keyring::new(&short),
+        Err(TransportError::Config {
+            setting: "secret",
+            ..
+        })
+    ));
+    assert!(Keyring::new("x".repeat(MIN_SECRET_LEN)).is_ok());
+    let ring = Keyring::new(SECRET).unwrap();
+    assert!(ring.install(&short).is_err());
+    assert_eq!(ring.key_ids(), vec![Keyring::key_id(SECRET)]);
+    assert!(!format!("{ring:?}").contains(SECRET));
+}
+
+/// Connections from `ip`, each held open without a word until the other
+/// side closes it, then opened again; until `stop`.
+async fn idle_connections(ip: std::net::IpAddr, to: SocketAddr, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if socket.bind(SocketAddr::new(ip, 0)).is_err() {
+            return;
+        }
+        let Ok(mut stream) = socket.connect(to).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut buf = [0; 256];
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} } => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_does_not_keep_a_configured_peer_out() {
+    // v lists an address of a's machine among its peers (where nothing
+    // answers, so the link can only come from a dialing v); a dials v while
+    // 128 tasks from 127.0.0.2 and up hold connections open without a
+    // word.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut v_config = config(id("v", 1), SECRET).with_peers([closed_addr]);
+    v_config.handshake_timeout = Duration::from_secs(5);
+    let mut v = TcpTransport::bind(v_config).await.unwrap();
+    let stop = CancellationToken::new();
+    for i in 0..128u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, 2 + i]);
+        tokio::spawn(idle_connections(ip, v.local_addr(), stop.clone()));
+    }
+    eventually("the flood refused", || v.stats().handshakes_busy >= 100).await;
+    let mut a_config = config(id("a", 1), SECRET).with_peers([v.local_addr()]);
+    a_config.handshake_timeout = Duration::from_secs(5);
+    let started = tokio::time::Instant::now();
+    let mut a = TcpTransport::bind(a_config).await.unwrap();
+    assert_eq!(next(&mut a).await, TransportEvent::Connected(id("v", 1)));
+    assert_eq!(next(&mut v).await, TransportEvent::Connected(id("a", 1)));
+    let waited = started.elapsed();
+    stop.cancel();
+    let stats = v.stats();
+    assert!(stats.handshakes_refused >= 128, "{stats:?}");
+    assert!(
+        stats.refusals_not_logged > 0,
+        "refusal logs are rate-limited"
+    );
+    assert!(waited < Duration::from_secs(5), "took {waited:?}");
 }
