@@ -21,7 +21,9 @@
 //! With `--tls-ca`, `--tls-cert` and `--tls-key` (PEM files), links are
 //! encrypted with mutual TLS: this replica presents its certificate and
 //! accepts only peers whose certificates the authority signed. Every
-//! replica of the cluster must then use TLS.
+//! replica of the cluster must then use TLS. With `--tls-replica-names`
+//! too, a peer's certificate must name the replica it claims to be (a DNS
+//! name equal to its `--name`), so a member can only speak as itself.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,6 +76,10 @@ struct Args {
     /// This replica's private key (PEM), for TLS.
     #[arg(long, requires_all = ["tls_ca", "tls_cert"])]
     tls_key: Option<PathBuf>,
+    /// Require every peer's certificate to name the replica it claims to
+    /// be (a DNS name in its subjectAltName equal to its --name).
+    #[arg(long, requires = "tls_ca")]
+    tls_replica_names: bool,
 }
 
 fn secret(args: &Args) -> Result<String, String> {
@@ -89,9 +95,13 @@ fn tls(args: &Args) -> Result<Option<TlsConfig>, String> {
         return Ok(None);
     };
     let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    TlsConfig::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let tls =
+        TlsConfig::from_pem(&read(ca)?, &read(cert)?, &read(key)?).map_err(|e| e.to_string())?;
+    Ok(Some(if args.tls_replica_names {
+        tls.with_replica_names()
+    } else {
+        tls
+    }))
 }
 
 #[tokio::main]

@@ -14,6 +14,12 @@
 //! (mutual TLS). For anything else (public roots, certificate pinning,
 //! session settings), build the [`rustls`] configurations by hand and use
 //! [`TlsConfig::new`].
+//!
+//! With one cluster secret, any member can claim any replica name in the
+//! mesh's handshake. [`TlsConfig::with_replica_names`] ties names to
+//! certificates: a peer's certificate must name the replica it claims to
+//! be (a DNS name in its `subjectAltName`), so a member can speak only as
+//! the replica its certificate names.
 
 use std::fmt;
 use std::io;
@@ -24,7 +30,7 @@ use tokio::net::TcpStream;
 pub use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -80,6 +86,7 @@ pub struct TlsConfig {
     client: TlsConnector,
     server: TlsAcceptor,
     server_name: Option<ServerName<'static>>,
+    replica_names: bool,
 }
 
 impl TlsConfig {
@@ -91,6 +98,7 @@ impl TlsConfig {
             client: TlsConnector::from(client),
             server: TlsAcceptor::from(server),
             server_name: None,
+            replica_names: false,
         }
     }
 
@@ -168,6 +176,31 @@ impl TlsConfig {
         self
     }
 
+    /// Requires every peer's certificate to name the replica the peer
+    /// claims to be in the mesh's handshake: a DNS name in its
+    /// `subjectAltName` equal to the replica name (so replica names must be
+    /// valid DNS names, such as `node-1`). A peer whose certificate names
+    /// another replica is refused, whatever secret it holds.
+    #[must_use]
+    pub fn with_replica_names(mut self) -> Self {
+        self.replica_names = true;
+        self
+    }
+
+    /// Whether `cert`, the certificate a peer presented, may speak as the
+    /// replica named `name`: always, unless replica names are required.
+    pub(crate) fn allows(&self, cert: Option<&CertificateDer<'_>>, name: &str) -> bool {
+        if !self.replica_names {
+            return true;
+        }
+        let (Some(cert), Ok(name)) = (cert, ServerName::try_from(name)) else {
+            return false;
+        };
+        ParsedCertificate::try_from(cert)
+            .and_then(|parsed| rustls::client::verify_server_name(&parsed, &name))
+            .is_ok()
+    }
+
     pub(crate) async fn connect(
         &self,
         stream: TcpStream,
@@ -192,6 +225,7 @@ impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
             .field("server_name", &self.server_name)
+            .field("replica_names", &self.replica_names)
             .finish_non_exhaustive()
     }
 }

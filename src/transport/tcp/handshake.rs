@@ -57,6 +57,8 @@ pub(super) enum HandshakeError {
     /// The TLS handshake failed.
     #[cfg(feature = "tls")]
     Tls(io::Error),
+    /// The peer's certificate does not name the replica it claimed.
+    NameNotCertified,
     /// The other side is this replica.
     SelfConnection,
     Timeout,
@@ -114,6 +116,7 @@ pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &Han
     match error {
         HandshakeError::Busy => bump(&counters.handshakes_busy),
         HandshakeError::UnknownKey(_) => bump(&counters.unknown_keys),
+        HandshakeError::NameNotCertified => bump(&counters.names_not_certified),
         _ => {}
     }
     let (log, unlogged) = shared
@@ -151,6 +154,9 @@ pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &Han
         HandshakeError::Tls(error) => {
             bump(&counters.tls_failures);
             tracing::warn!(%addr, ?role, %error, "handshake refused: TLS failed");
+        }
+        HandshakeError::NameNotCertified => {
+            tracing::warn!(%addr, ?role, "handshake refused: the certificate does not name the replica claimed");
         }
         HandshakeError::Malformed(what) => {
             tracing::warn!(%addr, ?role, what, "handshake refused: malformed");
@@ -265,13 +271,16 @@ where
 }
 
 /// Authenticates a fresh connection both ways (see the module docs). The
-/// peer's hello must arrive within `hello_timeout`.
+/// peer's hello must arrive within `hello_timeout`, and the replica it
+/// authenticates as must be one `certified` allows (checked before the
+/// acceptor answers, so a refused dialer never completes its side).
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     role: Role,
     me: &ReplicaId,
     keyring: &Keyring,
     hello_timeout: Duration,
+    certified: &(dyn Fn(&ReplicaId) -> bool + Send + Sync),
 ) -> Result<Session, HandshakeError> {
     let mut framed = Framed::new(&mut *stream, codec(HANDSHAKE_MAX_FRAME));
     // The dialer picks the secret; the acceptor's hello names its own
@@ -331,6 +340,9 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             if peer == *me {
                 return Err(HandshakeError::SelfConnection);
             }
+            if !certified(&peer) {
+                return Err(HandshakeError::NameNotCertified);
+            }
             (peer, id_bytes.to_vec())
         }
         Role::Acceptor => {
@@ -344,6 +356,9 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
             if peer == *me {
                 return Err(HandshakeError::SelfConnection);
+            }
+            if !certified(&peer) {
+                return Err(HandshakeError::NameNotCertified);
             }
             let mac = transcript_mac(
                 secret,

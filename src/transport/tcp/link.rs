@@ -35,27 +35,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 pub(super) type Conn = Box<dyn Stream>;
 
-/// Starts TLS on a fresh connection when it is configured.
+/// The certificate a peer presented over TLS, if any.
+#[cfg(feature = "tls")]
+type PeerCert = Option<crate::transport::tls::rustls::pki_types::CertificateDer<'static>>;
+#[cfg(not(feature = "tls"))]
+type PeerCert = Option<std::convert::Infallible>;
+
+/// Starts TLS on a fresh connection when it is configured; the connection
+/// and the certificate the peer presented.
 #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
 async fn secure(
     shared: &Shared,
     stream: TcpStream,
     role: Role,
     addr: SocketAddr,
-) -> Result<Conn, HandshakeError> {
+) -> Result<(Conn, PeerCert), HandshakeError> {
     #[cfg(feature = "tls")]
     if let Some(tls) = &shared.config.tls {
-        let conn: Conn = match role {
-            Role::Dialer => Box::new(
-                tls.connect(stream, addr)
+        let first = |certs: Option<&[_]>| certs.and_then(|c| c.first()).cloned();
+        let secured: (Conn, PeerCert) = match role {
+            Role::Dialer => {
+                let stream = tls
+                    .connect(stream, addr)
                     .await
-                    .map_err(HandshakeError::Tls)?,
-            ),
-            Role::Acceptor => Box::new(tls.accept(stream).await.map_err(HandshakeError::Tls)?),
+                    .map_err(HandshakeError::Tls)?;
+                let cert = first(stream.get_ref().1.peer_certificates());
+                (Box::new(stream), cert)
+            }
+            Role::Acceptor => {
+                let stream = tls.accept(stream).await.map_err(HandshakeError::Tls)?;
+                let cert = first(stream.get_ref().1.peer_certificates());
+                (Box::new(stream), cert)
+            }
         };
-        return Ok(conn);
+        return Ok(secured);
     }
-    Ok(Box::new(stream))
+    Ok((Box::new(stream), None))
+}
+
+/// Whether the peer that presented `cert` may be `peer`: unless replica
+/// names are tied to certificates, any authenticated peer may.
+#[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+fn certified(shared: &Shared, cert: &PeerCert, peer: &ReplicaId) -> bool {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &shared.config.tls {
+        return tls.allows(cert.as_ref(), peer.name().as_str());
+    }
+    true
 }
 
 pub(super) async fn accept_loop(ctx: TaskCtx, listener: TcpListener) {
@@ -142,7 +168,7 @@ async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, slot: Slot) 
     let hello_timeout = config.hello_timeout.min(config.handshake_timeout);
     let handshake = tokio::time::timeout(config.handshake_timeout, async {
         // An idle connection gives its slot back after hello_timeout.
-        let mut conn =
+        let (mut conn, cert) =
             tokio::time::timeout(hello_timeout, secure(shared, stream, Role::Acceptor, addr))
                 .await
                 .map_err(|_| HandshakeError::Timeout)??;
@@ -152,6 +178,7 @@ async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, slot: Slot) 
             &config.replica,
             &shared.keyring,
             hello_timeout,
+            &|peer| certified(shared, &cert, peer),
         )
         .await?;
         Ok((conn, session))
@@ -197,13 +224,14 @@ pub(super) async fn dial_loop(ctx: TaskCtx, addr: SocketAddr) {
                     };
                 set_nodelay(&stream, addr);
                 let handshake = async {
-                    let mut conn = secure(shared, stream, Role::Dialer, addr).await?;
+                    let (mut conn, cert) = secure(shared, stream, Role::Dialer, addr).await?;
                     let session = handshake(
                         &mut conn,
                         Role::Dialer,
                         &config.replica,
                         &shared.keyring,
                         config.handshake_timeout,
+                        &|peer| certified(shared, &cert, peer),
                     )
                     .await?;
                     Ok((conn, session))

@@ -60,6 +60,10 @@ pub struct TcpStats {
     pub links_rekeyed: u64,
     /// Refusals not logged because more than ten came within a second.
     pub refusals_not_logged: u64,
+    /// Of `handshakes_refused`: a peer whose certificate does not name the
+    /// replica it claimed (with `TlsConfig::with_replica_names`). Always 0
+    /// without the `tls` feature.
+    pub names_not_certified: u64,
 }
 
 #[derive(Default)]
@@ -84,6 +88,7 @@ pub(super) struct Counters {
     pub(super) links_refused: AtomicU64,
     pub(super) links_rekeyed: AtomicU64,
     pub(super) refusals_not_logged: AtomicU64,
+    pub(super) names_not_certified: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
@@ -118,6 +123,7 @@ impl Counters {
             links_refused: get(&self.links_refused),
             links_rekeyed: get(&self.links_rekeyed),
             refusals_not_logged: get(&self.refusals_not_logged),
+            names_not_certified: get(&self.names_not_certified),
         }
     }
 }

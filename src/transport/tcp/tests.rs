@@ -235,10 +235,17 @@ async fn a_replayed_or_forged_frame_closes_the_link() {
     let secret = Keyring::new(SECRET).unwrap();
     let me = id("raw", 1);
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret, WAIT))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = with_timeout(handshake(
+        &mut stream,
+        Role::Dialer,
+        &me,
+        &secret,
+        WAIT,
+        &|_| true,
+    ))
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(session.peer, id("b", 1));
     assert_eq!(next(&mut b).await, TransportEvent::Connected(me.clone()));
 
@@ -254,10 +261,17 @@ async fn a_replayed_or_forged_frame_closes_the_link() {
 
     // A frame with an altered payload.
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &me, &secret, WAIT))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = with_timeout(handshake(
+        &mut stream,
+        Role::Dialer,
+        &me,
+        &secret,
+        WAIT,
+        &|_| true,
+    ))
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(next(&mut b).await, TransportEvent::Connected(me.clone()));
     let mut frame = ((2 + TAG_LEN) as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(b"ho");
@@ -363,10 +377,17 @@ async fn an_idle_peer_is_dropped_and_keepalives_keep_links_up() {
     let secret = Keyring::new(SECRET).unwrap();
     let raw = id("raw", 1);
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    with_timeout(handshake(&mut stream, Role::Dialer, &raw, &secret, WAIT))
-        .await
-        .unwrap()
-        .unwrap();
+    with_timeout(handshake(
+        &mut stream,
+        Role::Dialer,
+        &raw,
+        &secret,
+        WAIT,
+        &|_| true,
+    ))
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(next(&mut b).await, TransportEvent::Connected(raw.clone()));
     assert_eq!(next(&mut b).await, TransportEvent::LinkLost(raw));
 }
@@ -533,6 +554,38 @@ mod tls {
         assert_eq!(b.stats().handshakes_ok, 0);
     }
 
+    /// A transport for replica `name` presenting the certificate made for
+    /// `cert_name`, with replica names tied to certificates.
+    async fn named(name: &str, cert_name: &str, peers: &[SocketAddr]) -> TcpTransport {
+        let tls = TlsConfig::from_pem(
+            &fixture("names-ca.pem"),
+            &fixture(&format!("named-{cert_name}.pem")),
+            &fixture(&format!("named-{cert_name}.key")),
+        )
+        .unwrap()
+        .with_replica_names();
+        let mut config = config(id(name, 1), SECRET).with_peers(peers.iter().copied());
+        config.tls = Some(tls);
+        TcpTransport::bind(config).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_replica_names_a_member_speaks_only_as_its_certificate_names() {
+        let mut b = named("b", "b", &[]).await;
+        let mut a = named("a", "a", &[b.local_addr()]).await;
+        assert_eq!(next(&mut a).await, TransportEvent::Connected(id("b", 1)));
+        assert_eq!(next(&mut b).await, TransportEvent::Connected(id("a", 1)));
+        // A member with the secret and a's certificate claims to be c.
+        let mut c = named("c", "a", &[b.local_addr()]).await;
+        eventually("c refused", || b.stats().names_not_certified >= 1).await;
+        quiet(&mut c, Duration::from_millis(200)).await;
+        quiet(&mut b, Duration::from_millis(10)).await;
+        // b refuses to dial a peer whose certificate names another
+        // replica, too.
+        b.add_peer(c.local_addr()).unwrap();
+        eventually("b refusing c", || b.stats().names_not_certified >= 2).await;
+    }
+
     #[test]
     fn unusable_pem_is_a_typed_error() {
         let (ca, cert, key) = (
@@ -610,10 +663,17 @@ async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
     // Another process holding the secret claims to be a.
     let ring = Keyring::new(SECRET).unwrap();
     let mut stream = TcpStream::connect(b.local_addr()).await.unwrap();
-    let mut session = with_timeout(handshake(&mut stream, Role::Dialer, &ida, &ring, WAIT))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut session = with_timeout(handshake(
+        &mut stream,
+        Role::Dialer,
+        &ida,
+        &ring,
+        WAIT,
+        &|_| true,
+    ))
+    .await
+    .unwrap()
+    .unwrap();
     b.send(
         &Destination::Replica(ida.clone()),
         Bytes::from_static(b"for a"),
@@ -625,10 +685,17 @@ async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
     );
     // A third link claiming a is refused at once.
     let mut third = TcpStream::connect(b.local_addr()).await.unwrap();
-    with_timeout(handshake(&mut third, Role::Dialer, &ida, &ring, WAIT))
-        .await
-        .unwrap()
-        .unwrap();
+    with_timeout(handshake(
+        &mut third,
+        Role::Dialer,
+        &ida,
+        &ring,
+        WAIT,
+        &|_| true,
+    ))
+    .await
+    .unwrap()
+    .unwrap();
     eventually("a refused link", || b.stats().links_refused >= 1).await;
     let mut frame = ((2 + TAG_LEN) as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(b"hi");
