@@ -28,6 +28,7 @@ pub struct Counting;
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 static BLOCKS: AtomicUsize = AtomicUsize::new(0);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// What glibc malloc spends on an allocation of `size` bytes: an 8-byte
 /// header, rounded up to 16, at least 32.
@@ -36,7 +37,8 @@ fn block(size: usize) -> usize {
 }
 
 fn counted(size: usize) {
-    REQUESTED.fetch_add(size, Ordering::Relaxed);
+    let requested = REQUESTED.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK.fetch_max(requested, Ordering::Relaxed);
     BLOCKS.fetch_add(block(size), Ordering::Relaxed);
     COUNT.fetch_add(1, Ordering::Relaxed);
 }
@@ -100,6 +102,12 @@ pub struct Live {
     pub requested: usize,
     pub blocks: usize,
     pub count: usize,
+}
+
+/// The most requested bytes live at once since the last call (or the
+/// start); the count starts again from what is live now.
+pub fn take_peak() -> usize {
+    PEAK.swap(REQUESTED.load(Ordering::Relaxed), Ordering::Relaxed)
 }
 
 /// The live totals now.
