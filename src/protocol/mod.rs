@@ -299,6 +299,23 @@ impl<M: Meta> Node<M> {
             .sum()
     }
 
+    /// The bytes of what [`Node::buffered`] counts: at most
+    /// `max_buffered_bytes` of intervals, plus the pieces of the catch-up
+    /// answers being put together (one per replica, each at most twice
+    /// `max_catchup_bytes`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.remotes
+            .values()
+            .map(|r| {
+                let pieces = r
+                    .assembly
+                    .as_ref()
+                    .map_or(0, |a| a.pieces.values().map(Vec::len).sum());
+                r.buffered_bytes + pieces
+            })
+            .sum()
+    }
+
     // --- local mutations -------------------------------------------------
 
     /// Tracks a presence of this replica; it is broadcast with the next
@@ -693,6 +710,9 @@ impl<M: Meta> Node<M> {
             return;
         }
         self.links.entry(sender.clone()).or_default();
+        if let Some(r) = self.remotes.get_mut(&sender) {
+            r.direct = Some((now, hb.counter));
+        }
         self.observe_beat(now, &sender, hb.beat, Heard::Directly, Some(hb.counter));
         self.note_holder(now, &sender, &sender, Some(hb.counter));
         let mut mentioned = BTreeSet::new();
@@ -723,10 +743,13 @@ impl<M: Meta> Node<M> {
             // up on fresh news of it, and only a few new ones a heartbeat,
             // so that made-up ids cost little and fill nothing.
             let known = self.remotes.contains_key(&id)
-                || (fresh && introduced < MAX_INTRODUCTIONS && {
-                    introduced += 1;
-                    self.learn(now, &id)
-                });
+                || (fresh
+                    && introduced < MAX_INTRODUCTIONS
+                    && !self.has_live_predecessor(now, &id)
+                    && {
+                        introduced += 1;
+                        self.learn(now, &id)
+                    });
             if !known {
                 continue;
             }
@@ -1109,6 +1132,22 @@ impl<M: Meta> Node<M> {
         true
     }
 
+    /// An older incarnation of `id`'s name showed a sign of life within two
+    /// periods. A newer one heard of only through a third party is not
+    /// taken up then: it would replace the older one on hearsay. A real
+    /// successor speaks for itself, or the older one falls quiet.
+    fn has_live_predecessor(&self, now: Duration, id: &ReplicaId) -> bool {
+        let quiet = self.config.broadcast_period * 2;
+        self.remotes
+            .range(..id.clone())
+            .rev()
+            .take_while(|(other, _)| other.name() == id.name())
+            .any(|(_, r)| {
+                matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining)
+                    && now.saturating_sub(r.last_alive()) < quiet
+            })
+    }
+
     /// Data about `id` is to be ignored: it left, was replaced, or a newer
     /// incarnation of its name is known. Map lookups only: it runs for
     /// every entry of every heartbeat.
@@ -1217,7 +1256,9 @@ impl<M: Meta> Node<M> {
     }
 
     /// Remembers that `holder` holds `id` up to `counter` (`None`: not
-    /// ahead of us).
+    /// ahead of us). While `id` itself is heard, a third party is believed
+    /// only up to the counter `id` advertised: a lying member cannot get
+    /// itself asked for data it made up about a replica that is reachable.
     fn note_holder(
         &mut self,
         now: Duration,
@@ -1226,8 +1267,15 @@ impl<M: Meta> Node<M> {
         counter: Option<u64>,
     ) {
         let held = self.held(id);
+        let fresh = self.config.broadcast_period * 2;
         let Some(r) = self.remotes.get_mut(id) else {
             return;
+        };
+        let counter = match (counter, r.direct) {
+            (Some(c), Some((at, own))) if holder != id && now.saturating_sub(at) < fresh => {
+                Some(c.min(own))
+            }
+            _ => counter,
         };
         match counter {
             Some(c) if c > held => {

@@ -57,6 +57,9 @@ pub(crate) struct Remote<M> {
     /// The production time of its last heartbeat that counted as a sign of
     /// life.
     pub(crate) alive_at: Option<Duration>,
+    /// When its last heartbeat came from itself, and the counter it said
+    /// it had broadcast then.
+    pub(crate) direct: Option<(Duration, u64)>,
     /// When a transport reported the link to it lost, until a heartbeat it
     /// produced after that arrives.
     pub(crate) lost_at: Option<Duration>,
@@ -91,6 +94,7 @@ impl<M> Remote<M> {
             beat: 0,
             beat_at: None,
             alive_at: None,
+            direct: None,
             lost_at: None,
             target: 0,
             readmit: false,

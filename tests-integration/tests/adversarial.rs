@@ -118,6 +118,48 @@ fn hearsay_of_a_leave_never_evicts_a_replica_heard_directly() {
 }
 
 #[test]
+fn a_made_up_newer_incarnation_cannot_replace_a_replica_heard() {
+    let (mut nodes, mut now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    // l relays, fresh, a newer incarnation of a's name.
+    let successor = ReplicaId::new(a.name().clone(), attendance::Incarnation::new(99, 9));
+    for beat in 0..5u64 {
+        let lie = raw::heartbeat(&l, 10_000 + beat, &[(successor.clone(), 9, 1, 0)]);
+        nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        period(&mut nodes, &mut now);
+        assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up), "a replaced");
+        assert_eq!(nodes[V].status(&successor), None);
+    }
+    assert_eq!(nodes[V].state().count("room"), 1);
+}
+
+#[test]
+fn a_member_claiming_more_of_a_reachable_replica_is_not_asked_for_it() {
+    // l claims to hold a up to counters a never advertised, hoping to be
+    // asked for (and to forge) a's presences. Only l's lies reach v.
+    let (mut nodes, mut now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let period_len = Config::default().broadcast_period;
+    let before = nodes[V].metrics().catchups_requested;
+    for beat in 0..6u64 {
+        let ahead = 1 + 5 + 2; // a's counter plus five, as a wire state
+        let lie = raw::heartbeat(&l, 10_000 + beat, &[(a.clone(), ahead, 1, 0)]);
+        nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        for n in nodes.iter_mut() {
+            n.handle_timeout(now);
+        }
+        deliver_counting(&mut nodes, now, true, &[(L, V)]);
+        now += period_len;
+    }
+    assert_eq!(
+        nodes[V].metrics().catchups_requested,
+        before,
+        "v asked for a's data from a member that is not a"
+    );
+    assert_eq!(nodes[V].state().count("room"), 1);
+}
+
+#[test]
 fn hearsay_still_hastens_the_suspicion_of_a_silent_replica() {
     let (mut nodes, mut now) = cluster();
     let a = nodes[A].id().clone();
