@@ -37,6 +37,9 @@ pub struct Metrics {
     pub implausible_beats: u64,
     /// Entries whose meta did not decode (another application version).
     pub undecodable_metas: u64,
+    /// Entries received whose topic or key broke this replica's limits (a
+    /// peer with larger limits): not held, the rest arrived.
+    pub refused_entries: u64,
     /// Intervals dropped because too many were already waiting for an
     /// earlier one, or they started too far ahead.
     pub intervals_dropped: u64,

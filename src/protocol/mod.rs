@@ -614,6 +614,7 @@ impl<M: Meta> Node<M> {
 
     fn publish(&mut self, diff: Diff<M>) {
         self.metrics.undecodable_metas += diff.undecodable();
+        self.metrics.refused_entries += diff.refused();
         if !diff.is_empty() {
             self.events.push_back(Event::Diff(diff));
         }

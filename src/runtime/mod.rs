@@ -585,6 +585,12 @@ impl<M: Meta> Inner<M> {
         while let Some(event) = self.node.poll_event() {
             match event {
                 Event::Diff(diff) => {
+                    if diff.refused() > 0 {
+                        tracing::warn!(
+                            refused = diff.refused(),
+                            "presences over this replica's topic or key limits were not taken"
+                        );
+                    }
                     for (topic, changes) in diff.into_topics() {
                         publish(&mut self.subscribers, topic.as_str(), changes);
                     }

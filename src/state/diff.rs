@@ -156,6 +156,7 @@ pub struct Diff<M> {
     /// kept inline.
     topics: SmallVec<[(Topic, TopicDiff<M>); 1]>,
     undecodable: u64,
+    refused: u64,
 }
 
 impl<M> Default for Diff<M> {
@@ -163,6 +164,7 @@ impl<M> Default for Diff<M> {
         Self {
             topics: SmallVec::new(),
             undecodable: 0,
+            refused: 0,
         }
     }
 }
@@ -211,6 +213,14 @@ impl<M> Diff<M> {
         self.undecodable
     }
 
+    /// How many received entries broke this state's topic or key length
+    /// limits (a peer with larger limits sent them). They are not held;
+    /// their dots still advanced the context, so they are never asked for
+    /// again, and the rest of the merge went through.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
     /// The per-topic changes, by value, sorted by topic.
     pub fn into_topics(self) -> impl Iterator<Item = (Topic, TopicDiff<M>)> {
         self.topics.into_iter()
@@ -228,6 +238,7 @@ pub(crate) struct DiffBuilder<M> {
     topics: SmallVec<[(Topic, TopicDiff<M>); 1]>,
     index: Option<HashMap<usize, usize>>,
     undecodable: u64,
+    refused: u64,
 }
 
 impl<M> DiffBuilder<M> {
@@ -236,6 +247,7 @@ impl<M> DiffBuilder<M> {
             topics: SmallVec::new(),
             index: None,
             undecodable: 0,
+            refused: 0,
         }
     }
 
@@ -295,6 +307,10 @@ impl<M> DiffBuilder<M> {
         self.undecodable += n;
     }
 
+    pub(crate) fn count_refused(&mut self, n: u64) {
+        self.refused += n;
+    }
+
     pub(crate) fn finish(self) -> Diff<M> {
         let mut topics = self.topics;
         topics.retain(|(_, diff)| !diff.is_empty());
@@ -316,6 +332,7 @@ impl<M> DiffBuilder<M> {
         Diff {
             topics,
             undecodable: self.undecodable,
+            refused: self.refused,
         }
     }
 }

@@ -12,8 +12,8 @@ use super::lifecycle::PurgeReason;
 use super::replica::ReplicaSlot;
 use super::store::{Place, Slot};
 use super::{
-    Delta, Diff, Incarnation, Meta, Part, Presence, PresenceId, ReplicaId, State, StateError,
-    Topic, Update,
+    Delta, Diff, Incarnation, Meta, Part, PartEntry, Presence, PresenceId, ReplicaId, State,
+    StateError, Topic, Update,
 };
 
 /// What merging a delta will do.
@@ -38,6 +38,9 @@ struct Plan {
     removals: SmallVec<[Slot; 2]>,
     /// Entries of the part to add.
     additions: Additions,
+    /// Entries of the part over this state's topic or key limits: not
+    /// added (their dots still count as seen).
+    refused: u64,
 }
 
 impl<M: Meta> State<M> {
@@ -66,9 +69,14 @@ impl<M: Meta> State<M> {
     /// Plans a merge without changing anything; the error a merge would
     /// return, if any.
     pub(crate) fn plan(&self, delta: &Delta<M>) -> Result<MergePlan, StateError> {
-        for topic in &delta.topics {
-            self.check_topic(topic.as_str())?;
-        }
+        // Entries on a topic over this state's limits are refused one by
+        // one, not the whole delta with them: a peer configured with larger
+        // limits must not stop the rest of its presences from arriving.
+        let bad_topics: SmallVec<[u32; 2]> = (0u32..)
+            .zip(&delta.topics)
+            .filter(|(_, t)| self.check_topic(t.as_str()).is_err())
+            .map(|(i, _)| i)
+            .collect();
         let mut plans = SmallVec::new();
         let mut newer_self = None;
         let mut new_replicas = 0usize;
@@ -115,7 +123,8 @@ impl<M: Meta> State<M> {
                 self.older_incarnations(id)
             };
             replaced += superseded.len();
-            let mut plan = self.plan_part(index, part, &delta.topics, local, superseded)?;
+            let mut plan =
+                self.plan_part(index, part, &delta.topics, &bad_topics, local, superseded)?;
             plan.newest = !known_newest;
             plans.push(plan);
         }
@@ -137,6 +146,7 @@ impl<M: Meta> State<M> {
         index: usize,
         part: &Part<M>,
         topics: &[Topic],
+        bad_topics: &[u32],
         replica: Option<u32>,
         superseded: SmallVec<[u32; 1]>,
     ) -> Result<Plan, StateError> {
@@ -147,9 +157,22 @@ impl<M: Meta> State<M> {
             newest: false,
             removals: SmallVec::new(),
             additions: Additions::Listed(SmallVec::new()),
+            refused: 0,
+        };
+        let refused = |e: &PartEntry<M>| {
+            bad_topics.contains(&e.topic) || self.check_key(e.payload.key.as_str()).is_err()
         };
         let Some(r) = replica else {
-            plan.additions = Additions::Every;
+            let kept: SmallVec<[(usize, Option<Slot>); 2]> = (0..part.entries.len())
+                .filter(|&i| !refused(&part.entries[i]))
+                .map(|i| (i, None))
+                .collect();
+            plan.refused = (part.entries.len() - kept.len()) as u64;
+            plan.additions = if plan.refused == 0 {
+                Additions::Every
+            } else {
+                Additions::Listed(kept)
+            };
             self.check_part(part, &plan, 0)?;
             return Ok(plan);
         };
@@ -163,6 +186,12 @@ impl<M: Meta> State<M> {
         let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
             if slot.covers(e.dot) {
+                continue;
+            }
+            if refused(e) {
+                // Never held here (topic and key do not change across
+                // versions), so it replaces nothing either.
+                plan.refused += 1;
                 continue;
             }
             let replaces = if gone.is_empty() {
@@ -230,15 +259,13 @@ impl<M: Meta> State<M> {
         found.into_iter().map(|(_, slot)| slot).collect()
     }
 
-    /// Checks what a part would add against the limits.
+    /// Checks what a part would add against the presence limit.
     fn check_part(&self, part: &Part<M>, plan: &Plan, held: usize) -> Result<(), StateError> {
-        let mut added = 0usize;
-        for (i, replaces) in plan.additions.iter(part.entries.len()) {
-            self.check_key(part.entries[i].payload.key.as_str())?;
-            if replaces.is_none() {
-                added += 1;
-            }
-        }
+        let added = plan
+            .additions
+            .iter(part.entries.len())
+            .filter(|(_, replaces)| replaces.is_none())
+            .count();
         let count = (held + added).saturating_sub(plan.removals.len());
         let max = self.limits.presences_per_replica();
         if count > max {
@@ -304,6 +331,7 @@ impl<M: Meta> State<M> {
             ..
         } = part;
         diff.count_undecodable(undecodable);
+        diff.count_refused(plan.refused);
         let fresh = plan
             .additions
             .iter(entries.len())

@@ -401,20 +401,15 @@ fn an_answer_too_large_to_send_is_encoded_once() {
     assert_eq!(nodes[V].metrics().catchups_declined, 2);
 }
 
-#[test]
-fn a_refused_catch_up_backs_off_and_is_counted() {
-    // v allows 16-byte topics, a tracks on a longer one.
+/// `a` and a node `v` with other limits, meshed, after `periods` periods
+/// of `a` tracking what `track` does; deliveries may be refused.
+fn mismatched(limits: Limits, track: impl FnOnce(&mut N), periods: u32) -> Vec<N> {
     let config = Config::default();
-    let strict = State::builder(id("v", 1))
-        .limits(Limits::default().max_topic_len(16))
-        .build();
+    let strict = State::builder(id("v", 1)).limits(limits).build();
     let mut nodes = vec![node("a"), Node::new(strict, config.clone()).expect("valid")];
     mesh(&mut nodes);
+    track(&mut nodes[A]);
     let mut now = Duration::ZERO;
-    nodes[A]
-        .track("a-topic-longer-than-sixteen-bytes", "alice", "web".into())
-        .expect("tracks");
-    let periods: u32 = 40;
     for _ in 0..periods {
         for n in nodes.iter_mut() {
             n.handle_timeout(now);
@@ -422,6 +417,44 @@ fn a_refused_catch_up_backs_off_and_is_counted() {
         deliver_counting(&mut nodes, now, false, &[]);
         now += config.broadcast_period;
     }
+    nodes
+}
+
+#[test]
+fn presences_over_a_peers_smaller_limits_are_refused_one_by_one() {
+    // v allows 16-byte topics; a tracks on a longer one and a short one.
+    let nodes = mismatched(
+        Limits::default().max_topic_len(16),
+        |a| {
+            a.track("a-topic-longer-than-sixteen-bytes", "alice", "web".into())
+                .expect("tracks");
+            a.track("room", "bob", "web".into()).expect("tracks");
+        },
+        10,
+    );
+    let a = nodes[A].id().clone();
+    assert_eq!(nodes[V].state().count("room"), 1, "the rest arrived");
+    assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up));
+    let metrics = nodes[V].metrics();
+    assert!(metrics.refused_entries >= 1, "{metrics:?}");
+    assert!(
+        metrics.catchups_requested <= 2,
+        "no catch-up storm: {metrics:?}"
+    );
+}
+
+#[test]
+fn a_refused_catch_up_backs_off_and_is_counted() {
+    // v allows one presence per replica; a tracks two.
+    let periods: u32 = 40;
+    let nodes = mismatched(
+        Limits::default().max_presences_per_replica(1),
+        |a| {
+            a.track("room", "alice", "web".into()).expect("tracks");
+            a.track("room", "bob", "web".into()).expect("tracks");
+        },
+        periods,
+    );
     let metrics = nodes[V].metrics();
     assert!(metrics.catchups_refused >= 1, "{metrics:?}");
     assert!(
