@@ -705,6 +705,26 @@ async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
     assert_eq!(next(&mut b).await, message(&ida, b"hi"));
 }
 
+#[tokio::test]
+async fn a_link_refused_after_its_handshake_is_not_redialed_in_a_tight_loop() {
+    // b takes one link in all, and c holds it: a's links are closed right
+    // after their handshakes.
+    let mut b_config = config(id("b", 1), SECRET);
+    b_config.max_links = 1;
+    let mut b = TcpTransport::bind(b_config).await.unwrap();
+    let _c = bind(id("c", 1), &[b.local_addr()]).await;
+    assert_eq!(next(&mut b).await, TransportEvent::Connected(id("c", 1)));
+    let _a = bind(id("a", 1), &[b.local_addr()]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = b.stats().links_refused;
+    // Dialing on at the 10 ms minimum would be a hundred times a second;
+    // the backoff grows to its 100 ms maximum instead.
+    assert!(
+        (2..=25).contains(&refused),
+        "{refused} links refused in 1 s"
+    );
+}
+
 #[test]
 fn a_secret_shorter_than_32_bytes_is_refused() {
     let short = "x".repeat(MIN_SECRET_LEN - 1);
