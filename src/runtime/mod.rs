@@ -45,7 +45,7 @@ mod subscription;
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -451,25 +451,30 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
     /// stream ends once the tracker stops.
     pub fn subscribe(&self, topic: &str) -> Subscription<M> {
         let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
+        let lagged = Arc::new(AtomicBool::new(false));
         let id = self.shared.next_subscriber.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.shared.lock();
         let list = group_by_key(inner.node.state().presences(topic));
-        if inner.stopped {
-            // No sender is kept: the stream ends at once.
-            drop(inner);
-            return Subscription::new(list, topic.to_string(), id, rx, self.shared.clone());
+        if !inner.stopped {
+            // After a stop no sender is kept: the stream ends at once.
+            inner
+                .subscribers
+                .entry(topic.to_string())
+                .or_default()
+                .push(Subscriber {
+                    id,
+                    tx,
+                    lagged: Arc::clone(&lagged),
+                });
         }
-        inner
-            .subscribers
-            .entry(topic.to_string())
-            .or_default()
-            .push(Subscriber {
-                id,
-                tx,
-                lagged: false,
-            });
         drop(inner);
-        Subscription::new(list, topic.to_string(), id, rx, self.shared.clone())
+        Subscription::new(
+            list,
+            topic.to_string(),
+            id,
+            (rx, lagged),
+            self.shared.clone(),
+        )
     }
 
     /// The other replicas known here and where they stand.

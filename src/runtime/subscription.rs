@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
@@ -18,8 +19,8 @@ use crate::{KeyGroup, Meta, TopicDiff};
 #[non_exhaustive]
 pub enum SubscriptionEvent<M> {
     /// The topic changed: apply these joins, leaves and updates to the list
-    /// held so far.
-    Diff(TopicDiff<M>),
+    /// held so far. One diff is shared by every subscriber of the topic.
+    Diff(Arc<TopicDiff<M>>),
     /// The subscriber fell behind by more than its queue holds, so diffs
     /// were skipped: this is the topic's whole list now. Replace the list
     /// held so far with it; diffs continue from there.
@@ -39,7 +40,9 @@ pub struct Subscription<M: Meta> {
     list: Vec<KeyGroup<M>>,
     topic: String,
     id: u64,
-    rx: mpsc::Receiver<TopicDiff<M>>,
+    rx: mpsc::Receiver<Arc<TopicDiff<M>>>,
+    /// Set by the dispatcher when the queue filled.
+    lagged: Arc<AtomicBool>,
     shared: Arc<Shared<M>>,
 }
 
@@ -57,7 +60,7 @@ impl<M: Meta> Subscription<M> {
         list: Vec<KeyGroup<M>>,
         topic: String,
         id: u64,
-        rx: mpsc::Receiver<TopicDiff<M>>,
+        (rx, lagged): (mpsc::Receiver<Arc<TopicDiff<M>>>, Arc<AtomicBool>),
         shared: Arc<Shared<M>>,
     ) -> Self {
         Self {
@@ -65,6 +68,7 @@ impl<M: Meta> Subscription<M> {
             topic,
             id,
             rx,
+            lagged,
             shared,
         }
     }
@@ -90,26 +94,25 @@ impl<M: Meta> Stream for Subscription<M> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // A subscriber that fell behind skips what is queued at once
+        // rather than reading stale diffs first.
+        if this.lagged.load(Ordering::Acquire) {
+            let inner = this.shared.lock();
+            this.lagged.store(false, Ordering::Release);
+            // Whatever is still queued is older than the list taken now,
+            // under the same lock as every dispatch.
+            while this.rx.try_recv().is_ok() {}
+            let list = group_by_key(inner.node.state().presences(&this.topic));
+            drop(inner);
+            return Poll::Ready(Some(SubscriptionEvent::Resync(list)));
+        }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(diff)) => return Poll::Ready(Some(SubscriptionEvent::Diff(diff))),
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => {}
+            Poll::Ready(Some(diff)) => Poll::Ready(Some(SubscriptionEvent::Diff(diff))),
+            Poll::Ready(None) => Poll::Ready(None),
+            // Waiting on an empty queue, it cannot be lagged: that takes a
+            // full one, whose first diff already woke it.
+            Poll::Pending => Poll::Pending,
         }
-        let mut inner = this.shared.lock();
-        let lagged = inner
-            .subscribers
-            .get_mut(&this.topic)
-            .and_then(|subs| subs.iter_mut().find(|s| s.id == this.id))
-            .is_some_and(|s| std::mem::take(&mut s.lagged));
-        if !lagged {
-            return Poll::Pending;
-        }
-        // Whatever is still queued is older than the list taken now, under
-        // the same lock as every dispatch.
-        while this.rx.try_recv().is_ok() {}
-        let list = group_by_key(inner.node.state().presences(&this.topic));
-        drop(inner);
-        Poll::Ready(Some(SubscriptionEvent::Resync(list)))
     }
 }
 
@@ -128,25 +131,30 @@ impl<M: Meta> Drop for Subscription<M> {
 /// A subscriber as the dispatcher sees it.
 pub(crate) struct Subscriber<M> {
     pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<TopicDiff<M>>,
+    pub(crate) tx: mpsc::Sender<Arc<TopicDiff<M>>>,
     /// Its queue filled: nothing more is queued until it resyncs.
-    pub(crate) lagged: bool,
+    pub(crate) lagged: Arc<AtomicBool>,
 }
 
 /// The subscribers of every topic.
 pub(crate) type Subscribers<M> = HashMap<String, Vec<Subscriber<M>>>;
 
-/// Queues a topic's diff for its subscribers, marking those whose queue is
-/// full as lagged.
+/// Queues a topic's diff for its subscribers, one shared copy for all
+/// (each costs a reference count), marking those whose queue is full as
+/// lagged.
 pub(crate) fn publish<M: Meta>(subscribers: &mut Subscribers<M>, topic: &str, diff: TopicDiff<M>) {
     let Some(subs) = subscribers.get_mut(topic) else {
         return;
     };
-    for sub in subs.iter_mut().filter(|s| !s.lagged) {
-        match sub.tx.try_send(diff.clone()) {
+    let diff = Arc::new(diff);
+    for sub in subs
+        .iter_mut()
+        .filter(|s| !s.lagged.load(Ordering::Acquire))
+    {
+        match sub.tx.try_send(Arc::clone(&diff)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                sub.lagged = true;
+                sub.lagged.store(true, Ordering::Release);
                 tracing::debug!(topic, "a subscriber lags; it will get a fresh list");
             }
             // Dropped: its `Drop` removes it.
