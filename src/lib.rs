@@ -103,6 +103,8 @@
 //! }
 //! ```
 
+#[cfg(feature = "runtime")]
+mod log_budget;
 pub mod protocol;
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]

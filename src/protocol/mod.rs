@@ -154,6 +154,11 @@ struct Link {
     /// peer: kept until the peer is heard of (through a relay), so that the
     /// report still counts then.
     lost_unknown: Option<Duration>,
+    /// The newer incarnation of its name the peer speaks as, and since
+    /// when.
+    speaks_as: Option<(ReplicaId, Duration)>,
+    /// When it moved to a newer incarnation, within the last `down_period`.
+    moves: Vec<Duration>,
 }
 
 /// How a heartbeat number reached this replica.
@@ -164,6 +169,11 @@ enum Heard {
     /// Relayed by another replica, this many milliseconds old.
     Relayed(u64),
 }
+
+/// The most times a link's peer may move to a newer incarnation of its name
+/// within `down_period`: one more than a replica moves before it reports a
+/// name conflict.
+const MAX_MOVES: usize = 4;
 
 /// The most replicas one heartbeat may introduce: those not known here yet.
 /// The rest are taken up from later heartbeats.
@@ -373,6 +383,17 @@ impl<M: Meta> Node<M> {
     fn record(&mut self, delta: Delta<M>, diff: Diff<M>, size: usize) {
         self.publish(diff);
         let to = self.state.counter();
+        if delta
+            .context(self.id())
+            .is_some_and(|c| c.len() > self.config.max_interval_span)
+        {
+            // One change wider than an interval may be (untracking a very
+            // large batch at once): peers fetch it with a catch-up when the
+            // next heartbeat shows the counter.
+            self.flush();
+            self.broadcast = to;
+            return;
+        }
         let limit = (self.config.max_message_bytes - ENVELOPE_MARGIN) / 2;
         let size = size + 16;
         let span = self.config.max_interval_span;
@@ -545,7 +566,10 @@ impl<M: Meta> Node<M> {
                 }
             };
         let Envelope { sender, message } = envelope;
-        if sender.name() != from.name() || sender.incarnation() < from.incarnation() {
+        if sender.name() != from.name()
+            || sender.incarnation() < from.incarnation()
+            || !self.may_speak_as(now, from, &sender)
+        {
             self.metrics.rejected += 1;
             self.metrics.wrong_sender += 1;
             return Err(ProtocolError::WrongSender);
@@ -565,14 +589,16 @@ impl<M: Meta> Node<M> {
         }
         let result = match message {
             Message::Heartbeat(hb) => {
-                self.on_heartbeat(now, sender, hb);
+                self.on_heartbeat(now, from, sender, hb);
                 Ok(())
             }
-            Message::Interval { from, to, delta } => {
-                self.on_interval(now, &sender, (from, to), delta, bytes.len())
-            }
+            Message::Interval {
+                from: start,
+                to,
+                delta,
+            } => self.on_interval(now, &sender, (start, to), delta, bytes.len()),
             Message::CatchUpRequest { replica, since } => {
-                self.on_request(now, &sender, &replica, since);
+                self.on_request(now, from, &replica, since);
                 Ok(())
             }
             Message::CatchUpReply(chunk) => self.on_reply(now, &sender, chunk),
@@ -582,6 +608,35 @@ impl<M: Meta> Node<M> {
         }
         self.request_catchups(now);
         result
+    }
+
+    /// Whether the peer authenticated as `link` may speak as `sender`: its
+    /// own id, or a newer incarnation of its name (it moved above a newer
+    /// incarnation of its name), never back, and at most
+    /// [`MAX_MOVES`] moves per `down_period` (a replica that keeps moving
+    /// reports a name conflict after three), so that a member cannot mint
+    /// incarnations to fill tables.
+    fn may_speak_as(&mut self, now: Duration, link: &ReplicaId, sender: &ReplicaId) -> bool {
+        if sender == link {
+            return true;
+        }
+        let down = self.config.down_period;
+        let link = self.links.entry(link.clone()).or_default();
+        if let Some((current, _)) = &link.speaks_as {
+            if current == sender {
+                return true;
+            }
+            if current > sender {
+                return false;
+            }
+        }
+        link.moves.retain(|at| now.saturating_sub(*at) < down);
+        if link.moves.len() >= MAX_MOVES {
+            return false;
+        }
+        link.moves.push(now);
+        link.speaks_as = Some((sender.clone(), now));
+        true
     }
 
     // --- outputs -----------------------------------------------------------
@@ -702,7 +757,7 @@ impl<M: Meta> Node<M> {
 
     // --- receiving ---------------------------------------------------------
 
-    fn on_heartbeat(&mut self, now: Duration, sender: ReplicaId, hb: Heartbeat) {
+    fn on_heartbeat(&mut self, now: Duration, link: &ReplicaId, sender: ReplicaId, hb: Heartbeat) {
         if hb.leaving {
             self.purge(now, &sender, PurgeReason::Left);
             return;
@@ -710,7 +765,9 @@ impl<M: Meta> Node<M> {
         if !self.learn(now, &sender) {
             return;
         }
-        self.links.entry(sender.clone()).or_default();
+        // What the peer knows is kept per authenticated link, whatever
+        // incarnation it speaks as.
+        self.links.entry(link.clone()).or_default();
         if let Some(r) = self.remotes.get_mut(&sender) {
             r.direct = Some((now, hb.counter));
         }
@@ -758,7 +815,7 @@ impl<M: Meta> Node<M> {
                 EntryState::Counter(c) => Some(c),
                 _ => None,
             };
-            if let (Some(c), Some(link)) = (advertised, self.links.get_mut(&sender)) {
+            if let (Some(c), Some(link)) = (advertised, self.links.get_mut(link)) {
                 let known = link.counters.entry(id.clone()).or_insert(c);
                 *known = (*known).max(c);
             }
@@ -772,7 +829,7 @@ impl<M: Meta> Node<M> {
             );
             self.note_holder(now, &id, &sender, advertised);
         }
-        if let Some(link) = self.links.get_mut(&sender) {
+        if let Some(link) = self.links.get_mut(link) {
             link.counters.retain(|id, _| mentioned.contains(id));
             link.mentioned = mentioned;
         }
@@ -960,10 +1017,12 @@ impl<M: Meta> Node<M> {
         let Some(r) = self.remotes.get_mut(&replica) else {
             return Ok(());
         };
-        let asked = r
-            .request
-            .as_ref()
-            .is_some_and(|q| &q.holder == sender && q.since == since);
+        // Only the answer asked for, and from a third party no further
+        // than it said it holds (the owner may have changed more since its
+        // last heartbeat).
+        let asked = r.request.as_ref().is_some_and(|q| {
+            &q.holder == sender && q.since == since && (to <= q.claimed || sender == &replica)
+        });
         if !asked {
             self.metrics.unrequested_pieces += 1;
             return Ok(());
@@ -1133,19 +1192,23 @@ impl<M: Meta> Node<M> {
         true
     }
 
-    /// An older incarnation of `id`'s name showed a sign of life within two
-    /// periods. A newer one heard of only through a third party is not
-    /// taken up then: it would replace the older one on hearsay. A real
-    /// successor speaks for itself, or the older one falls quiet.
+    /// An older incarnation of `id`'s name showed a sign of life within
+    /// `down_period`. A newer one heard of only through a third party is
+    /// not taken up then: it would replace the older one on hearsay (and
+    /// hearsay of a death hides a replica after two quiet periods, so that
+    /// alone must not open the way). A real successor speaks for itself, or
+    /// the older one falls silent for good.
     fn has_live_predecessor(&self, now: Duration, id: &ReplicaId) -> bool {
-        let quiet = self.config.broadcast_period * 2;
+        let quiet = self.config.down_period;
         self.remotes
             .range(..id.clone())
             .rev()
             .take_while(|(other, _)| other.name() == id.name())
             .any(|(_, r)| {
-                matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining)
-                    && now.saturating_sub(r.last_alive()) < quiet
+                matches!(
+                    r.status,
+                    ReplicaStatus::Up | ReplicaStatus::Joining | ReplicaStatus::Down
+                ) && now.saturating_sub(r.last_alive()) < quiet
             })
     }
 
@@ -1463,11 +1526,11 @@ impl<M: Meta> Node<M> {
             }
             // The most advanced holder; the smallest id among equals.
             candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-            if let Some((holder, _)) = candidates.first() {
-                requests.push((id.clone(), (*holder).clone(), held, !fresh));
+            if let Some(&(holder, claimed)) = candidates.first() {
+                requests.push((id.clone(), holder.clone(), held, claimed, !fresh));
             }
         }
-        for (id, holder, since, new_round) in requests {
+        for (id, holder, since, claimed, new_round) in requests {
             if new_round && let Some(r) = self.remotes.get_mut(&id) {
                 r.tried.clear();
             }
@@ -1481,6 +1544,7 @@ impl<M: Meta> Node<M> {
                 r.request = Some(Request {
                     holder,
                     since,
+                    claimed,
                     sent_at: now,
                 });
             }
@@ -1506,7 +1570,12 @@ impl<M: Meta> Node<M> {
     /// A newer incarnation of this replica's name exists: move above it,
     /// unless that keeps happening (two processes share the name).
     fn superseded(&mut self, now: Duration, newer: Incarnation) {
-        if self.conflict || newer <= self.id().incarnation() {
+        // Moving above a start time at the bound would leave this replica
+        // where no peer accepts its messages.
+        if self.conflict
+            || newer <= self.id().incarnation()
+            || newer.started_ms() >= crate::state::MAX_COUNTER
+        {
             return;
         }
         while self

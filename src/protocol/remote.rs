@@ -152,6 +152,8 @@ pub(crate) struct Request {
     pub(crate) holder: ReplicaId,
     /// The counter the answer starts from.
     pub(crate) since: u64,
+    /// How far the holder said it holds: no answer may go further.
+    pub(crate) claimed: u64,
     pub(crate) sent_at: Duration,
 }
 

@@ -56,6 +56,7 @@ use tokio::time::Instant;
 pub use guard::PresenceGuard;
 pub use subscription::{Subscription, SubscriptionEvent};
 
+use crate::log_budget::LogBudget;
 use crate::protocol::{Config, ConfigError, Event, Metrics, Node, ReplicaStatus};
 use crate::state::group_by_key;
 use crate::transport::tcp::Keyring;
@@ -295,6 +296,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
                 peers_up: 0,
                 renamed: HashMap::new(),
                 stopped: false,
+                refusal_log: LogBudget::default(),
             }),
             origin: Instant::now(),
             next_subscriber: AtomicU64::new(0),
@@ -553,6 +555,8 @@ pub(crate) struct Inner<M> {
     renamed: HashMap<PresenceId, PresenceId>,
     /// The driver task ended: calls that change something are refused.
     pub(crate) stopped: bool,
+    /// Refused messages logged this second.
+    refusal_log: LogBudget,
 }
 
 impl<M> Shared<M> {
@@ -667,7 +671,15 @@ async fn drive<M: Meta, T: Transport>(
                         }
                         TransportEvent::Message { from, bytes } => {
                             if let Err(error) = inner.node.handle_message(now, &from, &bytes) {
-                                tracing::warn!(%error, peer = %from, "message refused");
+                                // Counted in the protocol's metrics; logged
+                                // a few a second.
+                                let (log, unlogged) = inner.refusal_log.take();
+                                if unlogged > 0 {
+                                    tracing::warn!(unlogged, "refused messages not logged in the last second");
+                                }
+                                if log {
+                                    tracing::warn!(%error, peer = %from, "message refused");
+                                }
                             }
                         }
                         TransportEvent::LinkLost(peer) => {

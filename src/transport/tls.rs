@@ -178,9 +178,12 @@ impl TlsConfig {
 
     /// Requires every peer's certificate to name the replica the peer
     /// claims to be in the mesh's handshake: a DNS name in its
-    /// `subjectAltName` equal to the replica name (so replica names must be
-    /// valid DNS names, such as `node-1`). A peer whose certificate names
-    /// another replica is refused, whatever secret it holds.
+    /// `subjectAltName` equal to the replica name. Replica names must then
+    /// be single lowercase DNS labels (such as `node-1`): no dot (so no
+    /// wildcard certificate can cover one), no capitals (DNS names match
+    /// case-blind), not an IP address. A peer whose certificate names
+    /// another replica, or whose name is not such a label, is refused,
+    /// whatever secret it holds.
     #[must_use]
     pub fn with_replica_names(mut self) -> Self {
         self.replica_names = true;
@@ -193,7 +196,12 @@ impl TlsConfig {
         if !self.replica_names {
             return true;
         }
-        let (Some(cert), Ok(name)) = (cert, ServerName::try_from(name)) else {
+        let label = !name.is_empty()
+            && name.parse::<std::net::IpAddr>().is_err()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let (true, Some(cert), Ok(name)) = (label, cert, ServerName::try_from(name)) else {
             return false;
         };
         ParsedCertificate::try_from(cert)

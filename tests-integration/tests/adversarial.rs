@@ -160,6 +160,73 @@ fn a_member_claiming_more_of_a_reachable_replica_is_not_asked_for_it() {
 }
 
 #[test]
+fn a_made_up_successor_of_the_victims_own_name_at_the_bound_moves_nothing() {
+    let (mut nodes, now) = cluster();
+    let [_, v, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let at_bound = ReplicaId::new(
+        v.name().clone(),
+        attendance::Incarnation::new(MAX_COUNTER, 1),
+    );
+    let lie = raw::heartbeat(&l, 10_000, &[(at_bound, 0, 1, 0)]);
+    nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+    assert_eq!(nodes[V].id(), &v, "moved where no peer would hear it");
+}
+
+#[test]
+fn a_member_cannot_mint_incarnations_of_itself_to_fill_tables() {
+    let (mut nodes, now) = cluster();
+    let l = nodes[L].id().clone();
+    let before = nodes[V].replicas().count();
+    let mut refused = 0;
+    for k in 0..100u64 {
+        let minted = ReplicaId::new(l.name().clone(), attendance::Incarnation::new(100 + k, 1));
+        let beat = raw::heartbeat(&minted, 1, &[]);
+        if nodes[V].handle_message(now, &l, &beat) == Err(ProtocolError::WrongSender) {
+            refused += 1;
+        }
+    }
+    // A few moves above its own incarnation are taken (a replica may have
+    // to move a few times); the rest within down_period are refused.
+    assert_eq!(refused, 96);
+    assert!(nodes[V].replicas().count() <= before + 4);
+}
+
+#[test]
+fn hearsay_of_a_death_then_of_a_successor_does_not_purge_a_live_replica() {
+    // a cannot reach v for a while, but lives; l says a died, then names a
+    // made-up successor of a.
+    let (mut nodes, mut now) = cluster();
+    let [a, _, l] = <[ReplicaId; 3]>::try_from(ids(&nodes)).expect("three");
+    let successor = ReplicaId::new(a.name().clone(), attendance::Incarnation::new(99, 9));
+    let period_len = Config::default().broadcast_period;
+    for beat in 0..6u64 {
+        let lie = raw::heartbeat(
+            &l,
+            10_000 + beat,
+            &[(a.clone(), 1, 1, 0), (successor.clone(), 9, 1, 0)],
+        );
+        nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        for n in nodes.iter_mut() {
+            n.handle_timeout(now);
+        }
+        deliver_counting(&mut nodes, now, true, &[(A, V), (L, V)]);
+        now += period_len;
+    }
+    assert!(
+        !matches!(nodes[V].status(&a), Some(ReplicaStatus::Purged(_))),
+        "{:?}",
+        nodes[V].status(&a)
+    );
+    assert_eq!(nodes[V].status(&successor), None);
+    // a is heard again: listed again.
+    for _ in 0..4 {
+        period(&mut nodes, &mut now);
+    }
+    assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up));
+    assert_eq!(nodes[V].state().count("room"), 1);
+}
+
+#[test]
 fn hearsay_still_hastens_the_suspicion_of_a_silent_replica() {
     let (mut nodes, mut now) = cluster();
     let a = nodes[A].id().clone();

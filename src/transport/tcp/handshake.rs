@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::PoisonError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -23,8 +23,6 @@ pub(super) const MAGIC: &[u8; 4] = b"attn";
 pub(super) const CHALLENGE_LEN: usize = 32;
 const KEY_ID_LEN: usize = 8;
 pub(super) const HELLO_LEN: usize = MAGIC.len() + 1 + CHALLENGE_LEN + KEY_ID_LEN;
-/// Refusals logged per second; the rest are counted.
-const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
 const MAC_LEN: usize = 32;
 /// Room for the largest auth frame (1 + 255 + 12 + 32 bytes).
 const HANDSHAKE_MAX_FRAME: usize = 512;
@@ -72,38 +70,6 @@ impl From<io::Error> for HandshakeError {
             Self::Oversized
         } else {
             Self::Io(error)
-        }
-    }
-}
-
-/// How many refusals may still be logged in the current second.
-#[derive(Default)]
-pub(super) struct LogBudget {
-    second: Option<Instant>,
-    logged: u32,
-    unlogged: u64,
-}
-
-impl LogBudget {
-    /// Whether one more refusal may be logged now; when a new second
-    /// starts, how many were not logged in the last.
-    fn take(&mut self) -> (bool, u64) {
-        let now = Instant::now();
-        let mut dropped = 0;
-        if self
-            .second
-            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
-        {
-            self.second = Some(now);
-            self.logged = 0;
-            dropped = std::mem::take(&mut self.unlogged);
-        }
-        if self.logged < REFUSALS_LOGGED_PER_SECOND {
-            self.logged += 1;
-            (true, dropped)
-        } else {
-            self.unlogged += 1;
-            (false, dropped)
         }
     }
 }

@@ -101,7 +101,8 @@ pub(super) async fn accept_loop(ctx: TaskCtx, listener: TcpListener) {
                 }
             }
         };
-        match Slot::take(&ctx.shared, addr.ip()) {
+        // An IPv4 peer on a dual-stack listener arrives as ::ffff:a.b.c.d.
+        match Slot::take(&ctx.shared, addr.ip().to_canonical()) {
             Some(slot) => ctx.spawn(inbound(ctx.clone(), stream, addr, slot)),
             None => refused(shared, addr, Role::Acceptor, &HandshakeError::Busy),
         }

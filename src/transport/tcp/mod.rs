@@ -8,8 +8,9 @@
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes.
 //! A connection starts with a handshake; the dialer always proves it knows
-//! the secret first, so an acceptor never sends anything derived from the
-//! secret to an unauthenticated process:
+//! the secret first, so an acceptor sends an unauthenticated process nothing
+//! derived from the secret but the id of its own (a one-way HMAC that only
+//! names it):
 //!
 //! 1. Both sides send a hello (45 bytes): `"attn"`, the format version
 //!    ([`crate::wire::VERSION`]), a 32-byte random challenge, and the
@@ -63,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 use super::tls::TlsConfig;
 use super::{Transport, TransportError, TransportEvent};
 use crate::ReplicaId;
+use crate::log_budget::LogBudget;
 use crate::protocol::Destination;
 
 mod frame;
@@ -349,7 +351,7 @@ impl fmt::Debug for TcpConfig {
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let me = ReplicaId::new(ReplicaName::new("node-1")?, Incarnation::new(1_764_000_000_000, 7));
-/// let config = TcpConfig::new(me, "0.0.0.0:7400".parse()?, "a long random cluster secret")
+/// let config = TcpConfig::new(me, "0.0.0.0:7400".parse()?, "a random cluster secret of 32+ bytes")
 ///     .with_peers(["10.0.0.2:7400".parse()?, "10.0.0.3:7400".parse()?]);
 /// let mut transport = TcpTransport::bind(config).await?;
 /// while let Some(event) = transport.recv().await {
@@ -406,8 +408,8 @@ impl TcpTransport {
             handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
             reserved: Arc::new(Semaphore::new(config.reserved_handshakes)),
             pending_by_ip: Mutex::new(HashMap::new()),
-            peer_ips: Mutex::new(peers.iter().map(SocketAddr::ip).collect()),
-            refusal_log: Mutex::new(handshake::LogBudget::default()),
+            peer_ips: Mutex::new(peers.iter().map(|a| a.ip().to_canonical()).collect()),
+            refusal_log: Mutex::new(LogBudget::default()),
             config,
         });
         let ctx = TaskCtx {
@@ -453,7 +455,7 @@ impl TcpTransport {
             tracing::debug!(%address, "not dialing the listening address");
             return;
         }
-        self.shared.peer_ips().insert(address.ip());
+        self.shared.peer_ips().insert(address.ip().to_canonical());
         if self.dialing.insert(address) {
             ctx.spawn(dial_loop(ctx.clone(), address));
         }
@@ -604,7 +606,7 @@ struct Shared {
     /// The addresses of the peers this transport dials.
     peer_ips: Mutex<BTreeSet<IpAddr>>,
     /// How many refusals may still be logged this second.
-    refusal_log: Mutex<handshake::LogBudget>,
+    refusal_log: Mutex<LogBudget>,
 }
 
 impl Shared {
@@ -645,8 +647,25 @@ impl TaskCtx {
         });
     }
 
+    /// Whether the caps leave room for one more link to `peer`.
+    fn room_for(&self, links: &BTreeMap<ReplicaId, Vec<Link>>, peer: &ReplicaId) -> bool {
+        let total: usize = links.values().map(Vec::len).sum();
+        let held = links.get(peer).map_or(0, Vec::len);
+        if total >= self.shared.config.max_links || held >= MAX_LINKS_PER_PEER {
+            bump(&self.shared.counters.links_refused);
+            tracing::warn!(%peer, held, total, "link refused: too many links");
+            return false;
+        }
+        true
+    }
+
     /// Adds a link; reports the peer connected if it is its first.
     async fn register(&self, peer: &ReplicaId, link: Link) -> bool {
+        // Refused before waiting for room in the event queue, so that
+        // connections over the caps do not pile up while it is full.
+        if !self.room_for(&self.shared.links(), peer) {
+            return false;
+        }
         // The event is queued under the lock that changes the links, so
         // `Connected` and `LinkLost` of one peer reach `recv` in the order
         // its links came and went.
@@ -654,14 +673,7 @@ impl TaskCtx {
             return false;
         };
         let mut links = self.shared.links();
-        if self.shared.stop.is_cancelled() {
-            return false;
-        }
-        let total: usize = links.values().map(Vec::len).sum();
-        let held = links.get(peer).map_or(0, Vec::len);
-        if total >= self.shared.config.max_links || held >= MAX_LINKS_PER_PEER {
-            bump(&self.shared.counters.links_refused);
-            tracing::warn!(%peer, held, total, "link refused: too many links");
+        if self.shared.stop.is_cancelled() || !self.room_for(&links, peer) {
             return false;
         }
         let peer_links = links.entry(peer.clone()).or_default();
