@@ -37,8 +37,9 @@ pub struct Config {
     /// Intervals of one replica held while an earlier one is missing.
     /// Default 64; beyond it they are dropped and caught up later.
     pub max_buffered_intervals: usize,
-    /// Bytes of out-of-order intervals held across all replicas. Default
-    /// 16 MiB; beyond it they are dropped and caught up later.
+    /// Bytes of out-of-order intervals held across all replicas, a quarter
+    /// of it at most for any one. Default 16 MiB; beyond it they are
+    /// dropped and caught up later.
     pub max_buffered_bytes: usize,
     /// The most counters one interval may span (`to - from`). Default
     /// 65,536: a replica splits a busier period into several intervals,

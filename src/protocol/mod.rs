@@ -880,9 +880,12 @@ impl<M: Meta> Node<M> {
             let Some(r) = self.remotes.get_mut(sender) else {
                 return Ok(());
             };
+            // One replica may hold at most a quarter of the budget, so a
+            // member that never fills its own gap cannot starve the others.
             if from - held <= reach
                 && r.buffer.len() < self.config.max_buffered_intervals
                 && total.saturating_add(size) <= budget
+                && r.buffered_bytes.saturating_add(size) <= budget / 4
             {
                 r.buffer_insert(from, to, delta, size);
             } else {
@@ -1235,10 +1238,9 @@ impl<M: Meta> Node<M> {
 
     /// A heartbeat number of `id`. From `id` itself it is a sign of life
     /// whatever its value (a peer cannot lie about itself to others'
-    /// harm). Relayed, only a number above the one known counts, only a
-    /// plausible one (at most a couple of periods ahead of what the
-    /// known number's age allows, so a lying relayer cannot push it out
-    /// of reach), and only a fresh one is a sign of life.
+    /// harm). Relayed, only a fresh number above the one known counts, and
+    /// only a plausible one (see `Remote::anchor`), so a lying relayer
+    /// cannot push it out of reach.
     fn observe_beat(
         &mut self,
         now: Duration,
@@ -1254,21 +1256,27 @@ impl<M: Meta> Node<M> {
             return;
         };
         let age_ms = match heard {
-            Heard::Directly => 0,
+            Heard::Directly => {
+                r.anchor = Some((beat, now));
+                0
+            }
             Heard::Relayed(age_ms) => {
-                if beat <= r.beat {
+                // A stale relay changes nothing: only fresh news moves what
+                // is known, so a relayer cannot move the anchor below.
+                if age_ms >= fresh_limit || beat <= r.beat {
                     return;
                 }
-                if let Some(at) = r.beat_at {
-                    let periods = now.saturating_sub(at).as_nanos() / period.as_nanos().max(1);
-                    let plausible = r
-                        .beat
-                        .saturating_add(u64::try_from(periods).unwrap_or(u64::MAX))
-                        .saturating_add(2);
-                    if beat > plausible {
-                        self.metrics.implausible_beats += 1;
-                        return;
-                    }
+                // Numbers grow one a period: from the last number heard
+                // from the replica itself (or the first one relayed), a
+                // relayed one may be ahead by the periods since, plus two.
+                let (base, at) = *r.anchor.get_or_insert((beat, now));
+                let periods = now.saturating_sub(at).as_nanos() / period.as_nanos().max(1);
+                let plausible = base
+                    .saturating_add(u64::try_from(periods).unwrap_or(u64::MAX))
+                    .saturating_add(2);
+                if beat > plausible {
+                    self.metrics.implausible_beats += 1;
+                    return;
                 }
                 age_ms
             }

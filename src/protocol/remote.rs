@@ -60,6 +60,9 @@ pub(crate) struct Remote<M> {
     /// When its last heartbeat came from itself, and the counter it said
     /// it had broadcast then.
     pub(crate) direct: Option<(Duration, u64)>,
+    /// The heartbeat number relayed numbers are judged against: the last
+    /// one heard from it directly (or the first one relayed), and when.
+    pub(crate) anchor: Option<(u64, Duration)>,
     /// When a transport reported the link to it lost, until a heartbeat it
     /// produced after that arrives.
     pub(crate) lost_at: Option<Duration>,
@@ -95,6 +98,7 @@ impl<M> Remote<M> {
             beat_at: None,
             alive_at: None,
             direct: None,
+            anchor: None,
             lost_at: None,
             target: 0,
             readmit: false,

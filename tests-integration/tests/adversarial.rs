@@ -297,6 +297,17 @@ fn a_forged_heartbeat_number_cannot_silence_a_replica_heard_through_a_relay() {
     for beat in 0..periods_past_down(&config) {
         let lie = raw::heartbeat(&l, 10_000 + u64::from(beat), &[(a.clone(), 0, 1 << 50, 0)]);
         nodes[V].handle_message(now, &l, &lie).expect("well-formed");
+        // A stale relay, then a climb of small steps within one period.
+        let stale = raw::heartbeat(&l, 20_000, &[(a.clone(), 0, 1 << 40, u64::MAX)]);
+        nodes[V]
+            .handle_message(now, &l, &stale)
+            .expect("well-formed");
+        for step in 1..=200u64 {
+            let climb = raw::heartbeat(&l, 30_000 + step, &[(a.clone(), 0, step, 0)]);
+            nodes[V]
+                .handle_message(now, &l, &climb)
+                .expect("well-formed");
+        }
         step(&mut nodes, &mut now);
         assert_eq!(nodes[V].status(&a), Some(ReplicaStatus::Up), "a silenced");
     }
@@ -381,7 +392,8 @@ fn intervals_far_ahead_are_not_held() {
 #[test]
 fn held_intervals_share_one_byte_budget() {
     let mut config = Config::default();
-    config.max_buffered_bytes = 10_000;
+    // A quarter of it, 10,000 bytes, for any one replica.
+    config.max_buffered_bytes = 40_000;
     let (mut nodes, mut now) = cluster_with(config.clone());
     let l = nodes[L].id().clone();
     // l sends eight intervals of about 4 KB; the first never arrives.
@@ -402,7 +414,7 @@ fn held_intervals_share_one_byte_budget() {
     for bytes in &intervals[1..] {
         nodes[V].handle_message(now, &l, bytes).expect("valid");
     }
-    assert_eq!(nodes[V].buffered(), 2, "only what fits 10,000 bytes");
+    assert_eq!(nodes[V].buffered(), 2, "only what fits l's 10,000 bytes");
     assert_eq!(nodes[V].metrics().intervals_dropped, 5);
 }
 
