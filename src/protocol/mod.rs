@@ -159,6 +159,8 @@ struct Link {
     speaks_as: Option<(ReplicaId, Duration)>,
     /// When it moved to a newer incarnation, within the last `down_period`.
     moves: Vec<Duration>,
+    /// Replicas it introduced in the current period, and when that began.
+    introductions: Option<(Duration, usize)>,
 }
 
 /// How a heartbeat number reached this replica.
@@ -175,8 +177,8 @@ enum Heard {
 /// name conflict.
 const MAX_MOVES: usize = 4;
 
-/// The most replicas one heartbeat may introduce: those not known here yet.
-/// The rest are taken up from later heartbeats.
+/// The most replicas one link may introduce per period: those not known
+/// here yet. The rest are taken up from later heartbeats.
 const MAX_INTRODUCTIONS: usize = 64;
 
 /// The fewest bytes one presence takes in an encoded sub-state (a topic
@@ -774,7 +776,13 @@ impl<M: Meta> Node<M> {
         self.observe_beat(now, &sender, hb.beat, Heard::Directly, Some(hb.counter));
         self.note_holder(now, &sender, &sender, Some(hb.counter));
         let mut mentioned = BTreeSet::new();
-        let mut introduced = 0;
+        // Introductions are budgeted per link and period, so that many
+        // heartbeats in a period do not add up.
+        let period = self.config.broadcast_period;
+        let (window, mut introduced) = match self.links.get(link).and_then(|l| l.introductions) {
+            Some((at, n)) if now.saturating_sub(at) < period => (at, n),
+            _ => (now, 0),
+        };
         for entry in hb.entries {
             let id = match entry.id {
                 EntryId::Full(id) => id,
@@ -830,6 +838,7 @@ impl<M: Meta> Node<M> {
             self.note_holder(now, &id, &sender, advertised);
         }
         if let Some(link) = self.links.get_mut(link) {
+            link.introductions = Some((window, introduced));
             link.counters.retain(|id, _| mentioned.contains(id));
             link.mentioned = mentioned;
         }

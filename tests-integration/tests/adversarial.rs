@@ -559,6 +559,16 @@ fn made_up_replicas_cost_little_and_fill_nothing() {
     nodes[V]
         .handle_message(now, &l, &beat)
         .expect("well-formed");
+    // Many heartbeats within one period bring no more.
+    for round in 0..10u64 {
+        let more: Vec<_> = (0..64)
+            .map(|i| (made_up(100_000 + round * 64 + i), 7, 1, 0))
+            .collect();
+        let beat = raw::heartbeat(&l, 10_002 + round, &more);
+        nodes[V]
+            .handle_message(now, &l, &beat)
+            .expect("well-formed");
+    }
     let known = nodes[V].replicas().count();
     assert!(known <= 2 + 64, "{known} replicas known");
     assert_eq!(nodes[V].state().purged().count(), 0);
@@ -572,17 +582,17 @@ fn heartbeats_stay_under_the_message_limit_however_many_replicas_are_known() {
     config.max_catchup_bytes = 64 << 10;
     let (mut nodes, now) = cluster_with(config.clone());
     let l = nodes[L].id().clone();
-    // 3,000 replicas introduced, 64 a heartbeat (the most one may bring),
-    // each with a 40-byte name.
+    // 3,000 replicas introduced, 64 a period (the most one link may
+    // bring), each with a 40-byte name.
     for round in 0..47u64 {
         let entries: Vec<_> = (0..64)
             .map(|i| (id(&format!("{:040}", round * 64 + i), 1), 0, 1, 0))
             .collect();
         let beat = raw::heartbeat(&l, 10_000 + round, &entries);
-        nodes[V]
-            .handle_message(now, &l, &beat)
-            .expect("well-formed");
+        let at = now + config.broadcast_period * round as u32;
+        nodes[V].handle_message(at, &l, &beat).expect("well-formed");
     }
+    let now = now + config.broadcast_period * 47;
     assert!(nodes[V].replicas().count() >= 3_000);
     nodes[V].handle_timeout(now + config.broadcast_period);
     let beats: Vec<Transmit> = sent_by(&mut nodes[V])
