@@ -236,6 +236,23 @@ where
     }
 }
 
+/// The replica whose id bytes authenticated: neither this replica itself
+/// nor one that `certified` refuses.
+fn peer_of(
+    id_bytes: &[u8],
+    me: &ReplicaId,
+    certified: &(dyn Fn(&ReplicaId) -> bool + Send + Sync),
+) -> Result<ReplicaId, HandshakeError> {
+    let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
+    if peer == *me {
+        return Err(HandshakeError::SelfConnection);
+    }
+    if !certified(&peer) {
+        return Err(HandshakeError::NameNotCertified);
+    }
+    Ok(peer)
+}
+
 /// Authenticates a fresh connection both ways (see the module docs). The
 /// peer's hello must arrive within `hello_timeout`, and the replica it
 /// authenticates as must be one `certified` allows (checked before the
@@ -302,13 +319,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .verify_slice(tag)
             .map_err(|_| HandshakeError::BadMac)?;
-            let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
-            if peer == *me {
-                return Err(HandshakeError::SelfConnection);
-            }
-            if !certified(&peer) {
-                return Err(HandshakeError::NameNotCertified);
-            }
+            let peer = peer_of(id_bytes, me, certified)?;
             (peer, id_bytes.to_vec())
         }
         Role::Acceptor => {
@@ -319,13 +330,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             transcript_mac(secret, LABEL_DIALER, &[hello_d, hello_a, id_bytes])
                 .verify_slice(tag)
                 .map_err(|_| HandshakeError::BadMac)?;
-            let peer = decode_id(id_bytes).ok_or(HandshakeError::Malformed("replica id"))?;
-            if peer == *me {
-                return Err(HandshakeError::SelfConnection);
-            }
-            if !certified(&peer) {
-                return Err(HandshakeError::NameNotCertified);
-            }
+            let peer = peer_of(id_bytes, me, certified)?;
             let mac = transcript_mac(
                 secret,
                 LABEL_ACCEPTOR,
