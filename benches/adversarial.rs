@@ -163,13 +163,12 @@ fn unrequested_pieces() {
     let (mut v, now) = victim();
     let piece_len = Config::default().max_message_bytes - 1024;
     let junk = vec![0u8; piece_len];
-    // Pieces of two answers of 60 pieces each, about replicas a and l.
+    // Pieces of two answers of 60 pieces each, to requests never sent.
     let total = 60 * piece_len as u64;
     let pieces: Vec<Vec<u8>> = (0..120u64)
         .map(|i| {
-            let replica = id(["a", "l"][(i % 2) as usize]);
             let offset = (i / 2) * piece_len as u64;
-            raw::reply_piece(&id("l"), &replica, (0, 1, total, offset), &junk)
+            raw::reply_piece(&id("l"), (i % 2, total, offset), &junk)
         })
         .collect();
     let before = alloc::live().requested;

@@ -1,30 +1,114 @@
-//! Catch-ups: answering requests, applying replies, and asking holders that
-//! are ahead.
+//! Catch-ups: asking holders that are ahead (one request for all the
+//! replicas a holder covers), answering requests, and applying answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use smallvec::smallvec;
+
 use super::message::{Message, ReplyChunk};
-use super::remote::{Assembly, Request};
+use super::remote::{Assembly, Batch, Request};
 use super::{
-    Destination, ENVELOPE_MARGIN, Event, MIN_ENTRY_BYTES, Node, ProtocolError, ReplicaStatus,
-    Served,
+    Destination, ENVELOPE_MARGIN, Event, MAX_ANSWERS, MAX_BATCHES, MIN_ENTRY_BYTES, Node,
+    ProtocolError, ReplicaStatus, Served,
 };
 use crate::state::{Delta, Meta, ReplicaId};
 use crate::wire;
 
+/// A replica to catch up, from which counter, and who may be asked.
+struct Need {
+    replica: ReplicaId,
+    since: u64,
+    /// Holders and how far each said it holds.
+    holders: Vec<(ReplicaId, u64)>,
+    /// Every holder was tried: a new round.
+    new_round: bool,
+}
+
 impl<M: Meta> Node<M> {
-    // --- receiving ---------------------------------------------------------
+    // --- answering ---------------------------------------------------------
 
     /// Answers a catch-up request from `requester`, the authenticated
-    /// peer that sent it, and to no one else.
+    /// peer that sent it, and to no one else: one delta for every replica
+    /// asked for that this replica holds more of.
     pub(super) fn on_request(
+        &mut self,
+        now: Duration,
+        requester: &ReplicaId,
+        batch: u64,
+        items: Vec<(ReplicaId, u64)>,
+    ) {
+        let mut parts: Vec<(ReplicaId, u64, Delta<M>, bool)> = Vec::new();
+        let mut asked = BTreeSet::new();
+        for (replica, since) in items {
+            if !asked.insert(replica.clone()) {
+                continue;
+            }
+            if let Some((delta, full)) = self.answer_part(now, requester, &replica, since) {
+                parts.push((replica, since, delta, full));
+            }
+        }
+        // Too large as a whole: the first half of it, until it fits; the
+        // rest is asked again.
+        let bytes = loop {
+            if parts.is_empty() {
+                return;
+            }
+            let mut whole = Delta::default();
+            for (_, _, delta, _) in &parts {
+                whole.join(delta.clone());
+            }
+            let Ok(bytes) = wire::encode(&whole) else {
+                return;
+            };
+            if bytes.len() <= self.config.max_catchup_bytes {
+                break bytes;
+            }
+            if parts.len() == 1 {
+                let (replica, since, ..) = &parts[0];
+                let held = self.held(replica);
+                self.oversized.insert(replica.clone(), (*since, held));
+                self.metrics.catchups_too_large += 1;
+                return;
+            }
+            parts.truncate(parts.len() / 2);
+        };
+        for (replica, _, _, full) in &parts {
+            if *full {
+                self.metrics.full_transfers_served += 1;
+            }
+            let to = self.held(replica);
+            self.served
+                .insert((requester.clone(), replica.clone()), Served { to, at: now });
+        }
+        self.metrics.catchups_served += 1;
+        let piece = self.config.max_message_bytes - ENVELOPE_MARGIN;
+        let total = bytes.len() as u64;
+        for (i, part) in bytes.chunks(piece).enumerate() {
+            let chunk = ReplyChunk {
+                batch,
+                total,
+                offset: (i * piece) as u64,
+                bytes: part.to_vec(),
+            };
+            self.send(
+                Destination::Replica(requester.clone()),
+                &Message::CatchUpReply(chunk),
+            );
+        }
+    }
+
+    /// What `requester` asked of `replica` since `since`, if this replica
+    /// holds more and may send it: the changes since, or the whole
+    /// sub-state when the removal log does not reach back that far (then
+    /// true).
+    fn answer_part(
         &mut self,
         now: Duration,
         requester: &ReplicaId,
         replica: &ReplicaId,
         since: u64,
-    ) {
+    ) -> Option<(Delta<M>, bool)> {
         let held = self.held(replica);
         let showable = replica == self.id()
             || self
@@ -32,7 +116,7 @@ impl<M: Meta> Node<M> {
                 .get(replica)
                 .is_some_and(|r| !matches!(r.status, ReplicaStatus::Purged(_)));
         if !showable || held <= since {
-            return;
+            return None;
         }
         // One answer per requester and replica until it could have been
         // applied: a request repeated sooner than an honest requester
@@ -45,7 +129,7 @@ impl<M: Meta> Node<M> {
             && now.saturating_sub(last.at) < self.config.catchup_timeout / 2
         {
             self.metrics.catchups_declined += 1;
-            return;
+            return None;
         }
         // An answer already found too large is not encoded again.
         if self
@@ -54,61 +138,29 @@ impl<M: Meta> Node<M> {
             .is_some_and(|&(from, at)| at == held && since <= from)
         {
             self.metrics.catchups_declined += 1;
-            return;
+            return None;
         }
-        let (delta, full) = match self.state.changes_since(replica, since) {
-            Some(d) => (d, false),
-            None => {
-                // Nor is a whole sub-state whose smallest possible
-                // encoding is too large.
-                let least = self
-                    .state
-                    .presences_of(replica)
-                    .saturating_mul(MIN_ENTRY_BYTES);
-                if least > self.config.max_catchup_bytes {
-                    self.metrics.catchups_declined += 1;
-                    return;
-                }
-                match self.state.snapshot_of(replica) {
-                    Some(d) => (d, true),
-                    None => return,
-                }
-            }
-        };
-        let Ok(bytes) = wire::encode(&delta) else {
-            return;
-        };
-        if bytes.len() > self.config.max_catchup_bytes {
-            self.oversized.insert(replica.clone(), (since, held));
-            self.metrics.catchups_too_large += 1;
-            return;
+        if let Some(d) = self.state.changes_since(replica, since) {
+            return Some((d, false));
         }
-        if full {
-            self.metrics.full_transfers_served += 1;
+        // Nor is a whole sub-state whose smallest possible encoding is too
+        // large.
+        let least = self
+            .state
+            .presences_of(replica)
+            .saturating_mul(MIN_ENTRY_BYTES);
+        if least > self.config.max_catchup_bytes {
+            self.metrics.catchups_declined += 1;
+            return None;
         }
-        self.served.insert(key, Served { to: held, at: now });
-        self.metrics.catchups_served += 1;
-        let piece = self.config.max_message_bytes - ENVELOPE_MARGIN;
-        let total = bytes.len() as u64;
-        for (i, part) in bytes.chunks(piece).enumerate() {
-            let chunk = ReplyChunk {
-                replica: replica.clone(),
-                since,
-                to: held,
-                total,
-                offset: (i * piece) as u64,
-                bytes: part.to_vec(),
-            };
-            self.send(
-                Destination::Replica(requester.clone()),
-                &Message::CatchUpReply(chunk),
-            );
-        }
+        self.state.snapshot_of(replica).map(|d| (d, true))
     }
 
+    // --- receiving ---------------------------------------------------------
+
     /// A piece of a catch-up answer from `sender`. Pieces are kept only
-    /// for the request outstanding, from the holder it was sent to, and go
-    /// with it when it times out.
+    /// from a holder with a request outstanding, for at most
+    /// [`MAX_ANSWERS`] answers at once.
     pub(super) fn on_reply(
         &mut self,
         now: Duration,
@@ -116,9 +168,7 @@ impl<M: Meta> Node<M> {
         chunk: ReplyChunk,
     ) -> Result<(), ProtocolError> {
         let ReplyChunk {
-            replica,
-            since,
-            to,
+            batch,
             total,
             offset,
             bytes,
@@ -129,86 +179,118 @@ impl<M: Meta> Node<M> {
                 "a catch-up piece lies outside its answer",
             ));
         }
-        if since >= to {
-            return Err(ProtocolError::Invalid(
-                "a catch-up answer must not be empty",
-            ));
-        }
-        let Some(r) = self.remotes.get_mut(&replica) else {
-            return Ok(());
-        };
-        // Only the answer asked for, and from a third party no further
-        // than it said it holds (the owner may have changed more since its
-        // last heartbeat).
-        let asked = r.request.as_ref().is_some_and(|q| {
-            &q.holder == sender && q.since == since && (to <= q.claimed || sender == &replica)
-        });
-        if !asked {
+        let key = (sender.clone(), batch);
+        let asked = self.batches.values().any(|b| &b.holder == sender);
+        let room = self.answers.contains_key(&key) || self.answers.len() < MAX_ANSWERS;
+        if !asked || !room {
             self.metrics.unrequested_pieces += 1;
             return Ok(());
         }
-        let same = r
-            .assembly
-            .as_ref()
-            .is_some_and(|a| a.since == since && a.to == to && a.total == total);
-        if !same {
-            r.assembly = Some(Assembly {
-                since,
-                to,
+        let assembly = self.answers.entry(key.clone()).or_insert_with(|| Assembly {
+            total,
+            pieces: BTreeMap::new(),
+        });
+        if assembly.total != total {
+            *assembly = Assembly {
                 total,
                 pieces: BTreeMap::new(),
-            });
+            };
         }
-        let assembly = r.assembly.as_mut().expect("set above");
         let stored: u64 = assembly.pieces.values().map(|p| p.len() as u64).sum();
         if stored + bytes.len() as u64 > total.saturating_mul(2) {
-            r.assembly = None;
+            self.answers.remove(&key);
             return Err(ProtocolError::Invalid("catch-up pieces overlap too much"));
         }
         let Some(whole) = assembly.add(offset, bytes) else {
             return Ok(());
         };
-        r.assembly = None;
-        let result = self.apply_answer(now, &replica, (since, to), &whole);
-        if result.is_err() {
-            // Asking the same holder again at once would get the same
-            // answer: back off, and try another holder first.
-            self.metrics.catchups_refused += 1;
-            if let Some(r) = self.remotes.get_mut(&replica) {
+        self.answers.remove(&key);
+        let asked: Vec<ReplicaId> = self
+            .batches
+            .remove(&batch)
+            .filter(|b| &b.holder == sender)
+            .map(|b| b.replicas.into_iter().collect())
+            .unwrap_or_default();
+        let result = self.apply_answer(now, sender, &whole);
+        // What the answer to this request left out, the holder does not
+        // hold or would not send: ask another.
+        for replica in &asked {
+            if let Some(r) = self.remotes.get_mut(replica)
+                && r.request.as_ref().is_some_and(|q| q.batch == batch)
+            {
                 r.request = None;
                 r.tried.insert(sender.clone());
-                r.backoff_until = Some(now + self.config.catchup_timeout);
+                if result.is_err() {
+                    // Asking the same holder again at once would get the
+                    // same answer: back off, and try another holder first.
+                    r.backoff_until = Some(now + self.config.catchup_timeout);
+                }
             }
+        }
+        if result.is_err() {
+            self.metrics.catchups_refused += 1;
+            self.wake_at(now + self.config.catchup_timeout);
         }
         result
     }
 
-    /// Decodes a whole catch-up answer and applies it.
+    /// Decodes a whole catch-up answer from `holder` and applies the part
+    /// of each replica asked of it.
     fn apply_answer(
         &mut self,
         now: Duration,
-        replica: &ReplicaId,
-        (since, to): (u64, u64),
+        holder: &ReplicaId,
         whole: &[u8],
     ) -> Result<(), ProtocolError> {
         let delta: Delta<M> = wire::decode_with_limit(whole, self.config.max_catchup_bytes)?;
-        let exact = delta.parts.iter().all(|p| {
-            &p.replica == replica && p.context.ranges().len() == 1 && p.context.max() == to
-        });
-        if !exact || delta.parts.len() != 1 {
-            return Err(ProtocolError::Invalid(
-                "a catch-up answer holds one replica's counters up to its end",
-            ));
+        // Each part: its counters one range, from a third party no further
+        // than it may go (see `send_requests`). Parts of replicas not asked
+        // of this holder (any more) are left out.
+        let mut checked = Vec::with_capacity(delta.parts.len());
+        for p in &delta.parts {
+            let request = self
+                .remotes
+                .get(&p.replica)
+                .and_then(|r| r.request.as_ref())
+                .filter(|q| &q.holder == holder);
+            let Some(q) = request else {
+                checked.push(None);
+                continue;
+            };
+            let to = p.context.max();
+            if p.context.ranges().len() != 1 || (to > q.claimed && holder != &p.replica) {
+                return Err(ProtocolError::Invalid(
+                    "a catch-up answer holds each replica's counters, one range up to what the holder may hold",
+                ));
+            }
+            checked.push(Some((to, p.context.min().unwrap_or(1))));
         }
-        let lowest = delta.parts[0].context.min().unwrap_or(1);
-        self.apply_catchup(now, replica, since, to, lowest, delta)
+        let Delta { topics, parts } = delta;
+        let mut first_error = None;
+        for (part, check) in parts.into_iter().zip(checked) {
+            let Some((to, lowest)) = check else {
+                continue;
+            };
+            let replica = part.replica.clone();
+            let one = Delta {
+                topics: topics.clone(),
+                parts: smallvec![part],
+            };
+            if let Err(e) = self.apply_catchup(now, &replica, to, lowest, one) {
+                if let Some(r) = self.remotes.get_mut(&replica) {
+                    r.tried.insert(holder.clone());
+                    r.backoff_until = Some(now + self.config.catchup_timeout);
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn apply_catchup(
         &mut self,
         now: Duration,
         replica: &ReplicaId,
-        since: u64,
         to: u64,
         lowest: u64,
         delta: Delta<M>,
@@ -219,7 +301,8 @@ impl<M: Meta> Node<M> {
         };
         r.request = None;
         if r.readmit {
-            if since != 0 || lowest != 1 || to < r.target {
+            // Only a whole sub-state readmits it.
+            if lowest != 1 || to < r.target {
                 return Ok(());
             }
             let diff = self.state.readmit(delta)?;
@@ -248,21 +331,36 @@ impl<M: Meta> Node<M> {
         Ok(())
     }
 
-    // --- catch-ups ---------------------------------------------------------
+    // --- asking ------------------------------------------------------------
 
-    /// Asks one holder that is ahead for each replica this one is behind
-    /// on, one request per replica at a time.
+    /// Asks holders that are ahead for the replicas this one is behind on:
+    /// one request per replica at a time, one message per holder for all
+    /// the replicas it is asked for. While a replica that just started
+    /// waits for the answer to its digest, replicas not shown yet wait too,
+    /// so that the peer that answers is asked for all of them at once.
     pub(super) fn request_catchups(&mut self, now: Duration) {
         let period = self.config.broadcast_period;
-        let mut requests = Vec::new();
-        for (id, r) in &self.remotes {
-            if r.request.is_some() || r.status.is_dead() {
+        if self.gather_until.is_some_and(|t| now >= t) {
+            self.gather_until = None;
+        }
+        let gathering = self.gather_until.is_some();
+        let mut needs = Vec::new();
+        let mut settled = Vec::new();
+        for id in &self.behind {
+            let Some(r) = self.remotes.get(id) else {
+                settled.push(id.clone());
+                continue;
+            };
+            let purged = matches!(r.status, ReplicaStatus::Purged(_)) && !r.readmit;
+            if r.status.is_dead() || purged {
+                settled.push(id.clone());
                 continue;
             }
-            if r.backoff_until.is_some_and(|t| now < t) {
+            if r.request.is_some() || r.backoff_until.is_some_and(|t| now < t) {
                 continue;
             }
-            if matches!(r.status, ReplicaStatus::Purged(_)) && !r.readmit {
+            if r.holders.is_empty() && !r.readmit {
+                settled.push(id.clone());
                 continue;
             }
             let held = if r.readmit { 0 } else { self.held(id) };
@@ -271,63 +369,151 @@ impl<M: Meta> Node<M> {
             } else {
                 held.saturating_add(1)
             };
-            // The owner's word is acted on at once; a third party's after a
-            // period, when the owner's own interval had time to arrive.
+            let shown = r.status == ReplicaStatus::Up;
+            // The owner's word is acted on at once; a third party's about a
+            // shown replica after a period, when the owner's own interval
+            // had time to arrive.
             let ready = |holder: &ReplicaId, c: u64, seen: Duration| {
-                c >= needed && (holder == id || now.saturating_sub(seen) >= period)
+                c >= needed && (holder == id || !shown || now.saturating_sub(seen) >= period)
             };
-            let mut candidates: Vec<(&ReplicaId, u64)> = r
+            let mut holders: Vec<(ReplicaId, u64)> = r
                 .holders
                 .iter()
                 .filter(|(h, (c, seen))| ready(h, *c, *seen))
-                .map(|(h, (c, _))| (h, *c))
+                .map(|(h, (c, _))| (h.clone(), *c))
                 .collect();
-            if candidates.is_empty() {
+            if holders.is_empty() || (!shown && gathering) {
                 continue;
             }
             // Holders not tried yet; when every one was, a new round.
-            let fresh = candidates.iter().any(|(h, _)| !r.tried.contains(*h));
+            let fresh = holders.iter().any(|(h, _)| !r.tried.contains(h));
             if fresh {
-                candidates.retain(|(h, _)| !r.tried.contains(*h));
+                holders.retain(|(h, _)| !r.tried.contains(h));
             }
-            // The most advanced holder; the smallest id among equals.
-            candidates.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-            if let Some(&(holder, claimed)) = candidates.first() {
-                requests.push((id.clone(), holder.clone(), held, claimed, !fresh));
-            }
-        }
-        for (id, holder, since, claimed, new_round) in requests {
-            if new_round && let Some(r) = self.remotes.get_mut(&id) {
-                r.tried.clear();
-            }
-            let message = Message::CatchUpRequest {
+            needs.push(Need {
                 replica: id.clone(),
-                since,
+                since: held,
+                holders,
+                new_round: !fresh,
+            });
+        }
+        for id in settled {
+            self.behind.remove(&id);
+        }
+        // The holder that covers the most, then the next.
+        while !needs.is_empty() && self.batches.len() < MAX_BATCHES {
+            let mut cover: BTreeMap<&ReplicaId, usize> = BTreeMap::new();
+            for n in &needs {
+                for (h, _) in &n.holders {
+                    *cover.entry(h).or_default() += 1;
+                }
+            }
+            let Some(holder) = cover
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(h, _)| (*h).clone())
+            else {
+                break;
             };
-            self.send(Destination::Replica(holder.clone()), &message);
-            self.metrics.catchups_requested += 1;
-            if let Some(r) = self.remotes.get_mut(&id) {
-                r.request = Some(Request {
-                    holder,
-                    since,
-                    claimed,
-                    sent_at: now,
-                });
+            let (mine, rest): (Vec<Need>, Vec<Need>) = needs
+                .into_iter()
+                .partition(|n| n.holders.iter().any(|(h, _)| *h == holder));
+            needs = rest;
+            self.send_requests(now, &holder, mine);
+        }
+    }
+
+    /// Asks `holder` for `needs`, in as few messages as the size limit
+    /// allows.
+    fn send_requests(&mut self, now: Duration, holder: &ReplicaId, needs: Vec<Need>) {
+        let budget = self.config.max_message_bytes - ENVELOPE_MARGIN;
+        let mut groups: Vec<Vec<Need>> = vec![Vec::new()];
+        let mut size = 0;
+        for n in needs {
+            let bytes = n.replica.name().as_str().len() + 30;
+            if size + bytes > budget && groups.last().is_some_and(|g| !g.is_empty()) {
+                groups.push(Vec::new());
+                size = 0;
+            }
+            size += bytes;
+            if let Some(g) = groups.last_mut() {
+                g.push(n);
             }
         }
+        for group in groups {
+            if group.is_empty() || self.batches.len() >= MAX_BATCHES {
+                continue;
+            }
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            let items = group.iter().map(|n| (n.replica.clone(), n.since)).collect();
+            self.send(
+                Destination::Replica(holder.clone()),
+                &Message::CatchUpRequest { batch, items },
+            );
+            self.metrics.catchups_requested += 1;
+            let mut replicas = BTreeSet::new();
+            let fresh = self.config.broadcast_period * 2;
+            for n in group {
+                if let Some(r) = self.remotes.get_mut(&n.replica) {
+                    // A third party may answer up to what the replica itself
+                    // last advertised, while it is heard; its own claim may
+                    // be older than what it holds now.
+                    let claimed = match r.direct {
+                        Some((at, own)) if now.saturating_sub(at) < fresh => n
+                            .holders
+                            .iter()
+                            .find(|(h, _)| h == holder)
+                            .map_or(own, |(_, c)| own.max(*c)),
+                        _ => crate::state::MAX_COUNTER,
+                    };
+                    if n.new_round {
+                        r.tried.clear();
+                    }
+                    r.request = Some(Request {
+                        holder: holder.clone(),
+                        batch,
+                        claimed,
+                        sent_at: now,
+                    });
+                }
+                replicas.insert(n.replica);
+            }
+            self.batches.insert(
+                batch,
+                Batch {
+                    holder: holder.clone(),
+                    replicas,
+                    sent_at: now,
+                },
+            );
+            self.wake_at(now + self.config.catchup_timeout);
+        }
+    }
+
+    pub(super) fn probed_lately(&self, now: Duration) -> bool {
+        self.probe
+            .as_ref()
+            .is_some_and(|(_, at)| now.saturating_sub(*at) < self.config.catchup_timeout)
     }
 
     /// Gives up on requests unanswered for `catchup_timeout`; the next
     /// holder is asked.
     pub(super) fn check_requests(&mut self, now: Duration) {
-        for r in self.remotes.values_mut() {
-            if let Some(req) = &r.request
-                && now.saturating_sub(req.sent_at) >= self.config.catchup_timeout
+        let timeout = self.config.catchup_timeout;
+        for id in &self.behind {
+            if let Some(r) = self.remotes.get_mut(id)
+                && let Some(req) = &r.request
+                && now.saturating_sub(req.sent_at) >= timeout
             {
                 r.tried.insert(req.holder.clone());
                 r.request = None;
-                r.assembly = None;
             }
         }
+        self.batches
+            .retain(|_, b| now.saturating_sub(b.sent_at) < timeout);
+        let holders: BTreeSet<&ReplicaId> = self.batches.values().map(|b| &b.holder).collect();
+        self.answers
+            .retain(|(holder, _), _| holders.contains(holder));
     }
 }

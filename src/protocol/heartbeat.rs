@@ -1,11 +1,19 @@
 //! Broadcasting intervals, sending heartbeats and taking in those of peers.
+//!
+//! A heartbeat is a dozen bytes: the sender's heartbeat number and counter
+//! and a hash of its view. Entries about other replicas go only where they
+//! are needed: relays of the replicas a peer asked to hear of, a digest of
+//! the whole view when this replica's differs from most peers' (or it just
+//! started), and the answer to a peer's digest.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::message::{DigestEntry, EntryId, EntryState, Heartbeat, Message};
+use super::remote::{id_hash, view_term};
 use super::{
-    Destination, ENVELOPE_MARGIN, Heard, Link, MAX_INTRODUCTIONS, Node, ReplicaStatus, millis,
+    BULK, Beat, Destination, ENVELOPE_MARGIN, Heard, MAX_INTRODUCTIONS, MAX_WANTS, Node,
+    ReplicaStatus, millis,
 };
 use crate::state::{Meta, PurgeReason, ReplicaId};
 
@@ -24,54 +32,140 @@ impl<M: Meta> Node<M> {
         }
     }
 
-    pub(super) fn send_heartbeat(&mut self, now: Duration, peer: &ReplicaId, leaving: bool) {
-        let empty = Link::default();
-        let link = self.links.get(peer).unwrap_or(&empty);
-        let mut entries = Vec::with_capacity(self.remotes.len());
+    /// The periodic broadcast: pending changes, then a heartbeat to every
+    /// peer, a digest instead to one peer when this view keeps differing
+    /// from most peers'.
+    pub(super) fn tick(&mut self, now: Duration) {
+        self.flush();
+        self.beat += 1;
+        self.wants = self.wanted(now);
+        let probe = self.probe_due(now);
+        let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
+        for peer in peers {
+            if probe.as_ref() == Some(&peer) {
+                self.send_probe(now, &peer, false);
+            } else {
+                self.send_heartbeat(now, &peer, Beat::Plain);
+            }
+        }
+    }
+
+    /// A hash of this replica's view: itself at the counter broadcast, and
+    /// every replica shown or being caught up at the counter held. Two
+    /// replicas that hold the same data of the same live replicas have the
+    /// same view.
+    pub(super) fn view(&self) -> u32 {
+        let mut sum = view_term(id_hash(self.id()), self.broadcast);
         for (id, r) in &self.remotes {
-            if id == peer {
+            if matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining) {
+                sum = sum.wrapping_add(view_term(r.hash, self.held(id)));
+            }
+        }
+        (sum >> 32) as u32
+    }
+
+    /// The replicas shown or being caught up that have not been heard from
+    /// directly for two periods, or whose link was reported lost: peers
+    /// relay their heartbeats.
+    fn wanted(&self, now: Duration) -> Vec<u32> {
+        let fresh = self.config.broadcast_period * 2;
+        let mut wants = Vec::new();
+        for r in self.remotes.values() {
+            if !matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining) {
                 continue;
             }
-            // A peer always hears of newer incarnations of its own name, so
-            // that one restarted with a clock behind moves above them.
-            let successor = id.name() == peer.name() && id > peer;
-            let state = match r.status {
-                ReplicaStatus::Purged(_) if r.status.is_dead() => {
-                    // Spread for a while; those who miss it find it down.
-                    if !successor && now.saturating_sub(r.since) >= self.config.down_period {
-                        continue;
-                    }
-                    EntryState::Dead
-                }
-                ReplicaStatus::Purged(_) if successor => EntryState::NotAhead,
-                ReplicaStatus::Purged(_) => continue,
-                _ => {
-                    let held = self.held(id);
-                    let known = link.counters.get(id).copied();
-                    if held > 0 && known.is_none_or(|k| held > k) {
-                        EntryState::Counter(held)
-                    } else {
-                        EntryState::NotAhead
-                    }
-                }
-            };
-            let age = r
-                .beat_at
-                .map_or(u64::from(u32::MAX), |t| millis(now.saturating_sub(t)));
-            entries.push(DigestEntry {
-                id: if link.mentioned.contains(id) {
-                    EntryId::Hash(r.hash)
-                } else {
-                    EntryId::Full(id.clone())
-                },
-                beat: r.beat,
-                age_ms: age,
-                state,
-            });
+            let heard = r
+                .direct
+                .is_some_and(|(at, _)| now.saturating_sub(at) < fresh);
+            if (!heard || r.lost_at.is_some()) && wants.len() < MAX_WANTS {
+                wants.push(r.hash);
+            }
         }
+        wants
+    }
+
+    /// How many peers' recent views agree with this one, and per view
+    /// that differs, how many peers hold it and the first of them.
+    fn view_tally(&self, now: Duration) -> (usize, BTreeMap<u32, (usize, &ReplicaId)>) {
+        let fresh = self.config.broadcast_period * 2;
+        let mine = self.view();
+        let mut agree = 0;
+        let mut others: BTreeMap<u32, (usize, &ReplicaId)> = BTreeMap::new();
+        for (peer, link) in &self.links {
+            if let Some((v, at)) = link.view
+                && now.saturating_sub(at) < fresh
+            {
+                if v == mine {
+                    agree += 1;
+                } else {
+                    others.entry(v).or_insert((0, peer)).0 += 1;
+                }
+            }
+        }
+        (agree, others)
+    }
+
+    /// The peer to ask for its view: one holding the most common view that
+    /// differs from this one, else any peer.
+    pub(super) fn probe_peer(&self, now: Duration) -> Option<ReplicaId> {
+        let (_, others) = self.view_tally(now);
+        others
+            .values()
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+            .map(|(_, peer)| (*peer).clone())
+            .or_else(|| self.links.keys().next().cloned())
+    }
+
+    /// The peer to send this period's digest to, if any: after two periods
+    /// in which most peers' views differed from this one, the peer whose
+    /// view is the most common among them. A replica whose view agrees with most stays
+    /// quiet, so one that lags asks once rather than all of its peers
+    /// asking it.
+    fn probe_due(&mut self, now: Duration) -> Option<ReplicaId> {
+        let (agree, others) = self.view_tally(now);
+        let differ: usize = others.values().map(|(n, _)| n).sum();
+        self.minority = if differ > agree { self.minority + 1 } else { 0 };
+        // With a single peer there is no majority to tell who lags, and
+        // its own heartbeats say what it holds.
+        if self.minority < 2 || self.links.len() < 2 || self.probed_lately(now) {
+            return None;
+        }
+        self.probe_peer(now)
+    }
+
+    /// Sends `peer` this replica's whole view, asking for what it holds
+    /// beyond it. With `gather`, catch-ups of replicas not shown yet wait
+    /// for the answer, to ask one holder for all of them.
+    pub(super) fn send_probe(&mut self, now: Duration, peer: &ReplicaId, gather: bool) {
+        self.probed = true;
+        self.probe = Some((peer.clone(), now));
+        if gather {
+            let until = now + self.config.catchup_timeout;
+            self.gather_until = Some(until);
+            self.wake_at(until);
+        }
+        self.send_heartbeat(now, peer, Beat::Digest);
+    }
+
+    pub(super) fn send_heartbeat(&mut self, now: Duration, peer: &ReplicaId, beat: Beat) {
+        let mut entries = match beat {
+            Beat::Digest => self.digest_entries(now, peer),
+            Beat::Plain | Beat::Leaving => self.relays(now, peer),
+        };
+        entries.extend(self.successors(now, peer));
+        self.send_entries(peer, beat, false, entries);
+    }
+
+    fn send_entries(
+        &mut self,
+        peer: &ReplicaId,
+        beat: Beat,
+        answer: bool,
+        mut entries: Vec<DigestEntry>,
+    ) {
         // Past max_message_bytes (thousands of replicas under a small
         // limit), a different window of the entries goes every period.
-        let budget = self.config.max_message_bytes - ENVELOPE_MARGIN;
+        let budget = self.config.max_message_bytes - ENVELOPE_MARGIN - 4 * self.wants.len();
         let mut size: usize = entries.iter().map(entry_bytes).sum();
         if size > budget {
             let start = usize::try_from(self.beat).unwrap_or(0) % entries.len();
@@ -84,10 +178,137 @@ impl<M: Meta> Node<M> {
         let hb = Heartbeat {
             beat: self.beat,
             counter: self.broadcast,
-            leaving,
+            leaving: beat == Beat::Leaving,
+            digest: beat == Beat::Digest,
+            answer,
+            view: self.view(),
+            wants: self.wants.clone(),
             entries,
         };
         self.send(Destination::Replica(peer.clone()), &Message::Heartbeat(hb));
+    }
+
+    /// An entry about `id` as this replica knows it.
+    fn entry(
+        &self,
+        now: Duration,
+        id: &ReplicaId,
+        name: EntryId,
+        state: EntryState,
+    ) -> Option<DigestEntry> {
+        let r = self.remotes.get(id)?;
+        let age = r
+            .beat_at
+            .map_or(u64::from(u32::MAX), |t| millis(now.saturating_sub(t)));
+        Some(DigestEntry {
+            id: name,
+            beat: r.beat,
+            age_ms: age,
+            state,
+        })
+    }
+
+    fn held_state(&self, id: &ReplicaId) -> EntryState {
+        match self.held(id) {
+            0 => EntryState::NotAhead,
+            held => EntryState::Counter(held),
+        }
+    }
+
+    /// Fresh heartbeats of the replicas `peer` asked to hear of.
+    fn relays(&self, now: Duration, peer: &ReplicaId) -> Vec<DigestEntry> {
+        let fresh = self.config.broadcast_period * 2;
+        let Some(link) = self.links.get(peer) else {
+            return Vec::new();
+        };
+        link.wants
+            .iter()
+            .filter_map(|id| {
+                let r = self.remotes.get(id)?;
+                let heard = r.beat_at.is_some_and(|t| now.saturating_sub(t) < fresh);
+                if !heard || matches!(r.status, ReplicaStatus::Purged(_)) {
+                    return None;
+                }
+                self.entry(now, id, EntryId::Hash(r.hash), self.held_state(id))
+            })
+            .collect()
+    }
+
+    /// A peer always hears of newer incarnations of its own name, so that
+    /// one restarted with a clock behind moves above them.
+    fn successors(&self, now: Duration, peer: &ReplicaId) -> Vec<DigestEntry> {
+        self.remotes
+            .range(peer.clone()..)
+            .skip(1)
+            .take_while(|(id, _)| id.name() == peer.name())
+            .filter_map(|(id, _)| {
+                self.entry(now, id, EntryId::Full(id.clone()), EntryState::NotAhead)
+            })
+            .collect()
+    }
+
+    /// Every replica known here but `peer`: the counter held, or dead for
+    /// one left or replaced within `down_period`.
+    fn digest_entries(&self, now: Duration, peer: &ReplicaId) -> Vec<DigestEntry> {
+        let mut entries = Vec::with_capacity(self.remotes.len());
+        for (id, r) in &self.remotes {
+            if id == peer || id.name() == peer.name() {
+                continue;
+            }
+            let state = match r.status {
+                ReplicaStatus::Purged(_) if r.status.is_dead() => {
+                    if now.saturating_sub(r.since) >= self.config.down_period {
+                        continue;
+                    }
+                    EntryState::Dead
+                }
+                ReplicaStatus::Purged(_) => continue,
+                _ => self.held_state(id),
+            };
+            entries.extend(self.entry(now, id, EntryId::Full(id.clone()), state));
+        }
+        entries
+    }
+
+    /// Answers `peer`'s digest: what this replica holds beyond it, the
+    /// replicas it did not name, and the deaths it missed.
+    fn send_answer(
+        &mut self,
+        now: Duration,
+        peer: &ReplicaId,
+        claims: &BTreeMap<ReplicaId, EntryState>,
+    ) {
+        let mut entries = Vec::new();
+        for (id, r) in &self.remotes {
+            if id == peer || id.name() == peer.name() {
+                continue;
+            }
+            let claim = claims.get(id);
+            let name = if claim.is_some() {
+                EntryId::Hash(r.hash)
+            } else {
+                EntryId::Full(id.clone())
+            };
+            let state = match r.status {
+                ReplicaStatus::Purged(_) if r.status.is_dead() => match claim {
+                    Some(EntryState::Dead) | None => continue,
+                    Some(_) => EntryState::Dead,
+                },
+                ReplicaStatus::Purged(_) => continue,
+                _ => {
+                    let held = self.held(id);
+                    match claim {
+                        Some(EntryState::Counter(c)) if *c >= held => continue,
+                        Some(EntryState::NotAhead) if held == 0 => continue,
+                        Some(EntryState::Dead) => continue,
+                        _ => self.held_state(id),
+                    }
+                }
+            };
+            entries.extend(self.entry(now, id, name, state));
+        }
+        entries.extend(self.successors(now, peer));
+        self.send_entries(peer, Beat::Plain, true, entries);
     }
 
     // --- receiving ---------------------------------------------------------
@@ -108,13 +329,26 @@ impl<M: Meta> Node<M> {
         }
         // What the peer knows is kept per authenticated link, whatever
         // incarnation it speaks as.
-        self.links.entry(link.clone()).or_default();
+        let wants: Vec<ReplicaId> = hb
+            .wants
+            .iter()
+            .take(MAX_WANTS)
+            .filter_map(|h| match self.hashes.get(h) {
+                Some(Some(id)) if id != link && id != &sender => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let entry = self.links.entry(link.clone()).or_default();
+        entry.view = Some((hb.view, now));
+        entry.wants = wants;
         if let Some(r) = self.remotes.get_mut(&sender) {
             r.direct = Some((now, hb.counter));
         }
         self.observe_beat(now, &sender, hb.beat, Heard::Directly, Some(hb.counter));
         self.note_holder(now, &sender, &sender, Some(hb.counter));
-        let mut mentioned = BTreeSet::new();
+        // The answer to this replica's own digest was asked for: its
+        // introductions are not budgeted.
+        let solicited = hb.answer && self.probe.as_ref().is_some_and(|(p, _)| p == link);
         // Introductions are budgeted per link and period, so that many
         // heartbeats in a period do not add up.
         let period = self.config.broadcast_period;
@@ -122,6 +356,7 @@ impl<M: Meta> Node<M> {
             Some((at, n)) if now.saturating_sub(at) < period => (at, n),
             _ => (now, 0),
         };
+        let mut claims = BTreeMap::new();
         for entry in hb.entries {
             let id = match entry.id {
                 EntryId::Full(id) => id,
@@ -136,6 +371,9 @@ impl<M: Meta> Node<M> {
                 }
                 continue;
             }
+            if hb.digest {
+                claims.insert(id.clone(), entry.state);
+            }
             if self.is_stale(&id) {
                 continue;
             }
@@ -145,11 +383,11 @@ impl<M: Meta> Node<M> {
             }
             let fresh = entry.age_ms < millis(self.config.broadcast_period * 2);
             // A replica first heard of through a third party is only taken
-            // up on fresh news of it, and only a few new ones a heartbeat,
-            // so that made-up ids cost little and fill nothing.
+            // up on fresh news of it, and only a few new ones a period, so
+            // that made-up ids cost little and fill nothing.
             let known = self.remotes.contains_key(&id)
                 || (fresh
-                    && introduced < MAX_INTRODUCTIONS
+                    && (solicited || introduced < MAX_INTRODUCTIONS)
                     && !self.has_live_predecessor(now, &id)
                     && {
                         introduced += 1;
@@ -162,11 +400,6 @@ impl<M: Meta> Node<M> {
                 EntryState::Counter(c) => Some(c),
                 _ => None,
             };
-            if let (Some(c), Some(link)) = (advertised, self.links.get_mut(link)) {
-                let known = link.counters.entry(id.clone()).or_insert(c);
-                *known = (*known).max(c);
-            }
-            mentioned.insert(id.clone());
             self.observe_beat(
                 now,
                 &id,
@@ -176,10 +409,31 @@ impl<M: Meta> Node<M> {
             );
             self.note_holder(now, &id, &sender, advertised);
         }
-        if let Some(link) = self.links.get_mut(link) {
-            link.introductions = Some((window, introduced));
-            link.counters.retain(|id, _| mentioned.contains(id));
-            link.mentioned = mentioned;
+        if let Some(l) = self.links.get_mut(link) {
+            l.introductions = Some((window, introduced));
+        }
+        if hb.digest {
+            let answered = self
+                .links
+                .get(link)
+                .and_then(|l| l.answered)
+                .is_some_and(|at| now.saturating_sub(at) < period);
+            if !answered {
+                if let Some(l) = self.links.get_mut(link) {
+                    l.answered = Some(now);
+                }
+                self.send_answer(now, link, &claims);
+            }
+        }
+        if solicited {
+            // What the peer holds is known now: ask it for all at once.
+            self.probe = None;
+            self.gather_until = None;
+        } else if !self.probed && self.links.len() > BULK {
+            // A replica that just started asks the first peer it hears
+            // from for its view, to catch up on all of it from one holder
+            // rather than from each owner.
+            self.send_probe(now, link, true);
         }
     }
 }

@@ -40,6 +40,9 @@ impl<M: Meta> Node<M> {
             .or_insert_with(|| Some(id.clone()));
         let mut remote = Remote::new(hash, now);
         remote.lost_at = self.links.get_mut(id).and_then(|l| l.lost_unknown.take());
+        if let Some(lost) = remote.lost_at {
+            self.wake_at(lost + self.config.broadcast_period * 3);
+        }
         self.remotes.insert(id.clone(), remote);
         true
     }
@@ -154,6 +157,7 @@ impl<M: Meta> Node<M> {
                 r.target = target.max(purged_at);
                 r.readmit = true;
                 r.set_status(ReplicaStatus::Joining, now);
+                self.behind.insert(id.clone());
             }
             _ => {}
         }
@@ -202,6 +206,11 @@ impl<M: Meta> Node<M> {
             Some(c) if c > held => {
                 let since = r.holders.get(holder).map_or(now, |(_, s)| *s);
                 r.holders.insert(holder.clone(), (c, since));
+                self.behind.insert(id.clone());
+                // A third party is asked a period after it said so.
+                if holder != id {
+                    self.wake_at(since + self.config.broadcast_period);
+                }
             }
             _ => {
                 r.holders.remove(holder);

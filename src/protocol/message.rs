@@ -13,7 +13,7 @@ pub enum MessageKind {
     /// An interval of the sender's own changes; every period with changes,
     /// to all.
     Interval,
-    /// A request for what changed of one replica since a counter.
+    /// A request for what changed of some replicas since given counters.
     CatchUpRequest,
     /// A piece of the answer to a catch-up request.
     CatchUpReply,
@@ -50,10 +50,11 @@ impl std::fmt::Display for MessageKind {
     }
 }
 
-/// A decoded message and who sent it.
+/// A decoded message and who sent it: `None` when the message leaves
+/// its sender implied, the authenticated peer of the link it came over.
 #[derive(Debug)]
 pub(crate) struct Envelope<M> {
-    pub(crate) sender: ReplicaId,
+    pub(crate) sender: Option<ReplicaId>,
     pub(crate) message: Message<M>,
 }
 
@@ -67,10 +68,12 @@ pub(crate) enum Message<M> {
         to: u64,
         delta: Delta<M>,
     },
-    /// "Send me what changed of `replica` after `since`."
+    /// "Send me what changed of each replica after its counter": one
+    /// request for several replicas, answered by one delta.
     CatchUpRequest {
-        replica: ReplicaId,
-        since: u64,
+        /// The requester's number for it, echoed by the answer.
+        batch: u64,
+        items: Vec<(ReplicaId, u64)>,
     },
     CatchUpReply(ReplyChunk),
 }
@@ -86,7 +89,7 @@ impl<M> Message<M> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Heartbeat {
     /// The sender's heartbeat number, bumped every period.
     pub(crate) beat: u64,
@@ -94,7 +97,19 @@ pub(crate) struct Heartbeat {
     pub(crate) counter: u64,
     /// The sender is shutting down: drop its presences now.
     pub(crate) leaving: bool,
-    /// What the sender knows of other replicas.
+    /// The entries are the sender's whole view, and it asks for an answer:
+    /// what the receiver holds beyond them.
+    pub(crate) digest: bool,
+    /// The entries answer the receiver's digest.
+    pub(crate) answer: bool,
+    /// A hash of the sender's view: the replicas it shows or is catching
+    /// up, with the counters it holds of them.
+    pub(crate) view: u32,
+    /// Replicas the sender has not heard from lately, by hash: relay their
+    /// heartbeats.
+    pub(crate) wants: Vec<u32>,
+    /// What the sender knows of other replicas: relays, its digest or its
+    /// answer to the receiver's.
     pub(crate) entries: Vec<DigestEntry>,
 }
 
@@ -108,8 +123,8 @@ pub(crate) struct DigestEntry {
     pub(crate) state: EntryState,
 }
 
-/// A replica named in full the first time a link mentions it, then by a
-/// 32-bit hash of its id.
+/// A replica named in full, or by a 32-bit hash of its id where the
+/// receiver is known to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum EntryId {
     Full(ReplicaId),
@@ -118,7 +133,7 @@ pub(crate) enum EntryId {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EntryState {
-    /// The sender holds no counter of it above the receiver's.
+    /// The sender holds none of it.
     NotAhead,
     /// It left or was replaced: dead for good.
     Dead,
@@ -126,14 +141,12 @@ pub(crate) enum EntryState {
     Counter(u64),
 }
 
-/// One piece of an encoded catch-up answer: the answer is a delta bringing
-/// `replica` from `since` to `to`, encoded, `total` bytes long; this piece
-/// holds its bytes from `offset`.
+/// One piece of an encoded catch-up answer: the answer to request `batch`
+/// is a delta, encoded, `total` bytes long; this piece holds its bytes
+/// from `offset`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReplyChunk {
-    pub(crate) replica: ReplicaId,
-    pub(crate) since: u64,
-    pub(crate) to: u64,
+    pub(crate) batch: u64,
     pub(crate) total: u64,
     pub(crate) offset: u64,
     pub(crate) bytes: Vec<u8>,

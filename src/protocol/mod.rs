@@ -45,6 +45,7 @@
 //! ```
 
 mod catchup;
+mod codec;
 mod config;
 mod heartbeat;
 mod intervals;
@@ -64,9 +65,9 @@ pub use remote::ReplicaStatus;
 use crate::state::{
     Delta, Diff, Meta, PresenceId, PurgeReason, ReplicaId, State, StateError, encoded_meta_len,
 };
-use crate::wire::{self, WireError};
+use crate::wire::WireError;
 use message::{Envelope, Message};
-use remote::{Remote, id_hash};
+use remote::{Assembly, Batch, Remote, id_hash};
 
 /// Where a message goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,13 +147,16 @@ struct Chunk<M> {
     bytes: usize,
 }
 
-/// What the last heartbeat from a peer said it knows.
+/// What this replica keeps about a link to a peer.
 #[derive(Clone, Default)]
 struct Link {
-    /// The replicas it named.
-    mentioned: BTreeSet<ReplicaId>,
-    /// The counters it said it holds.
-    counters: BTreeMap<ReplicaId, u64>,
+    /// The view hash of its last heartbeat, and when it came.
+    view: Option<(u32, Duration)>,
+    /// The replicas its last heartbeat asked to hear of: their heartbeats
+    /// are relayed to it.
+    wants: Vec<ReplicaId>,
+    /// When its digest was last answered.
+    answered: Option<Duration>,
     /// When the link was reported lost before anything was heard of the
     /// peer: kept until the peer is heard of (through a relay), so that the
     /// report still counts then.
@@ -164,6 +168,17 @@ struct Link {
     moves: Vec<Duration>,
     /// Replicas it introduced in the current period, and when that began.
     introductions: Option<(Duration, usize)>,
+}
+
+/// What a heartbeat carries besides liveness.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Beat {
+    /// Relays of the replicas the peer asked to hear of.
+    Plain,
+    /// The last one: this replica is leaving.
+    Leaving,
+    /// This replica's whole view, asking what the peer holds beyond it.
+    Digest,
 }
 
 /// How a heartbeat number reached this replica.
@@ -191,6 +206,20 @@ const MIN_ENTRY_BYTES: usize = 6;
 
 /// Bytes of a message around its payload, kept free when splitting.
 const ENVELOPE_MARGIN: usize = 1024;
+
+/// The most replicas one heartbeat asks to hear of.
+const MAX_WANTS: usize = 1024;
+
+/// The most catch-up request messages outstanding at once.
+const MAX_BATCHES: usize = 8;
+
+/// The most catch-up answers put together at once (late answers to
+/// requests that timed out count too).
+const MAX_ANSWERS: usize = 16;
+
+/// A replica with more peers than this asks one of them for its view when
+/// it starts, to catch up on everything from one holder.
+const BULK: usize = 4;
 
 /// One replica's protocol. See the [module docs](self).
 #[derive(Clone)]
@@ -221,6 +250,32 @@ pub struct Node<M> {
     oversized: BTreeMap<ReplicaId, (u64, u64)>,
     /// The latest time an input came with.
     now: Duration,
+    /// The id this replica started as, which transports authenticate:
+    /// messages leave the sender implied while it still speaks as that.
+    first_id: ReplicaId,
+    /// Times to run [`Node::handle_timeout`] at between periods: requests
+    /// timing out, lost links, back-offs, holders becoming due.
+    wakes: BTreeSet<Duration>,
+    /// Replicas with a holder ahead, or waiting for a whole sub-state.
+    behind: BTreeSet<ReplicaId>,
+    /// Catch-up requests outstanding, by number.
+    batches: BTreeMap<u64, Batch>,
+    /// Answers arriving in pieces, by holder and request number: kept
+    /// while the holder has a request outstanding, so that the late answer
+    /// to a request that timed out still counts.
+    answers: BTreeMap<(ReplicaId, u64), Assembly>,
+    next_batch: u64,
+    /// Catch-ups of replicas not shown yet wait until then, for the answer
+    /// to the digest of a replica that just started.
+    gather_until: Option<Duration>,
+    /// A digest sent to a peer to learn what it holds beyond this view:
+    /// to whom, and when. Unset once answered.
+    probe: Option<(ReplicaId, Duration)>,
+    probed: bool,
+    /// Consecutive periods this replica's view differed from most peers'.
+    minority: u32,
+    /// Replicas not heard from lately, asked of every peer by hash.
+    wants: Vec<u32>,
 }
 
 /// A catch-up answer sent: from which counter to which, and when.
@@ -252,6 +307,7 @@ impl<M: Meta> Node<M> {
     pub fn new(state: State<M>, config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let broadcast = state.counter();
+        let state_id = state.replica().clone();
         let mut hashes = BTreeMap::new();
         hashes.insert(id_hash(state.replica()), Some(state.replica().clone()));
         Ok(Self {
@@ -272,6 +328,17 @@ impl<M: Meta> Node<M> {
             served: BTreeMap::new(),
             oversized: BTreeMap::new(),
             now: Duration::ZERO,
+            first_id: state_id,
+            wakes: BTreeSet::new(),
+            behind: BTreeSet::new(),
+            batches: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            next_batch: 0,
+            gather_until: None,
+            probe: None,
+            probed: false,
+            minority: 0,
+            wants: Vec::new(),
         })
     }
 
@@ -308,27 +375,23 @@ impl<M: Meta> Node<M> {
     /// How many out-of-order intervals and catch-up pieces are held,
     /// across all replicas.
     pub fn buffered(&self) -> usize {
-        self.remotes
-            .values()
-            .map(|r| r.buffer.len() + r.assembly.as_ref().map_or(0, |a| a.pieces.len()))
-            .sum()
+        let intervals: usize = self.remotes.values().map(|r| r.buffer.len()).sum();
+        let pieces: usize = self.answers.values().map(|a| a.pieces.len()).sum();
+        intervals + pieces
     }
 
     /// The bytes of what [`Node::buffered`] counts: at most
     /// `max_buffered_bytes` of intervals, plus the pieces of the catch-up
-    /// answers being put together (one per replica, each at most twice
+    /// answers being put together (at most sixteen, each at most twice
     /// `max_catchup_bytes`).
     pub fn buffered_bytes(&self) -> usize {
-        self.remotes
+        let intervals: usize = self.remotes.values().map(|r| r.buffered_bytes).sum();
+        let pieces: usize = self
+            .answers
             .values()
-            .map(|r| {
-                let pieces = r
-                    .assembly
-                    .as_ref()
-                    .map_or(0, |a| a.pieces.values().map(Vec::len).sum());
-                r.buffered_bytes + pieces
-            })
-            .sum()
+            .map(|a| a.pieces.values().map(Vec::len).sum::<usize>())
+            .sum();
+        intervals + pieces
     }
 
     // --- local mutations -------------------------------------------------
@@ -427,13 +490,11 @@ impl<M: Meta> Node<M> {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.now = self.now.max(now);
         let period = self.config.broadcast_period;
+        while self.wakes.first().is_some_and(|&t| t <= now) {
+            self.wakes.pop_first();
+        }
         if self.next_tick.is_none_or(|t| now >= t) {
-            self.flush();
-            self.beat += 1;
-            let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
-            for peer in peers {
-                self.send_heartbeat(now, &peer, false);
-            }
+            self.tick(now);
             let next = self.next_tick.map_or(now, |t| t + period);
             self.next_tick = Some(if next > now { next } else { now + period });
         }
@@ -451,39 +512,19 @@ impl<M: Meta> Node<M> {
     }
 
     /// When [`Node::handle_timeout`] should run next: the next period, or
-    /// an earlier deadline (a peer going down, a request timing out).
+    /// an earlier deadline (a lost link, a request timing out). Silence is
+    /// judged once a period, so a silent replica goes down within a period
+    /// after `down_period`.
     pub fn poll_timeout(&self) -> Duration {
-        let three = self.config.broadcast_period * 3;
-        let mut next = self.next_tick.unwrap_or(Duration::ZERO);
-        for r in self.remotes.values() {
-            let deadline = match r.status {
-                ReplicaStatus::Up | ReplicaStatus::Joining => {
-                    let silent = r.last_alive() + self.config.down_period;
-                    r.lost_at.map_or(silent, |lost| silent.min(lost + three))
-                }
-                ReplicaStatus::Down => r.last_alive() + self.config.permdown_period,
-                ReplicaStatus::Purged(_) => r.since + self.config.tombstone_ttl,
-            };
-            next = next.min(deadline);
-            if let Some(t) = r.backoff_until
-                && t > self.now
-            {
-                next = next.min(t);
-            }
-            match &r.request {
-                Some(req) => next = next.min(req.sent_at + self.config.catchup_timeout),
-                // A third party ahead is asked a period after it said so.
-                None => {
-                    for (_, seen) in r.holders.values() {
-                        let due = *seen + self.config.broadcast_period;
-                        if due > self.now {
-                            next = next.min(due);
-                        }
-                    }
-                }
-            }
+        let next = self.next_tick.unwrap_or(Duration::ZERO);
+        self.wakes.first().map_or(next, |&w| next.min(w))
+    }
+
+    /// Asks for [`Node::handle_timeout`] at `at`.
+    fn wake_at(&mut self, at: Duration) {
+        if at > self.now {
+            self.wakes.insert(at);
         }
-        next
     }
 
     /// A transport connected to `peer` (again): heartbeats go to it from
@@ -494,7 +535,7 @@ impl<M: Meta> Node<M> {
         }
         self.links.insert(peer.clone(), Link::default());
         if self.next_tick.is_some() {
-            self.send_heartbeat(now, &peer, false);
+            self.send_heartbeat(now, &peer, Beat::Plain);
         }
     }
 
@@ -522,10 +563,13 @@ impl<M: Meta> Node<M> {
             r.holders.remove(peer);
             if r.request.as_ref().is_some_and(|q| &q.holder == peer) {
                 r.request = None;
-                r.assembly = None;
                 r.tried.insert(peer.clone());
             }
         }
+        self.batches.retain(|_, b| &b.holder != peer);
+        self.answers.retain(|(holder, _), _| holder != peer);
+        let three = self.config.broadcast_period * 3;
+        self.wake_at(now + three);
         self.request_catchups(now);
     }
 
@@ -536,7 +580,7 @@ impl<M: Meta> Node<M> {
         self.flush();
         let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
         for peer in peers {
-            self.send_heartbeat(now, &peer, true);
+            self.send_heartbeat(now, &peer, Beat::Leaving);
         }
     }
 
@@ -562,15 +606,15 @@ impl<M: Meta> Node<M> {
         bytes: &[u8],
     ) -> Result<(), ProtocolError> {
         self.now = self.now.max(now);
-        let envelope: Envelope<M> =
-            match wire::message::decode(bytes, self.config.max_message_bytes) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.metrics.rejected += 1;
-                    return Err(e.into());
-                }
-            };
+        let envelope: Envelope<M> = match codec::decode(bytes, self.config.max_message_bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.rejected += 1;
+                return Err(e.into());
+            }
+        };
         let Envelope { sender, message } = envelope;
+        let sender = sender.unwrap_or_else(|| from.clone());
         if sender.name() != from.name()
             || sender.incarnation() < from.incarnation()
             || !self.may_speak_as(now, from, &sender)
@@ -602,8 +646,8 @@ impl<M: Meta> Node<M> {
                 to,
                 delta,
             } => self.on_interval(now, &sender, (start, to), delta, bytes.len()),
-            Message::CatchUpRequest { replica, since } => {
-                self.on_request(now, from, &replica, since);
+            Message::CatchUpRequest { batch, items } => {
+                self.on_request(now, from, batch, items);
                 Ok(())
             }
             Message::CatchUpReply(chunk) => self.on_reply(now, &sender, chunk),
@@ -657,7 +701,10 @@ impl<M: Meta> Node<M> {
     }
 
     fn send(&mut self, destination: Destination, message: &Message<M>) {
-        match wire::message::encode(self.state.replica(), message) {
+        // The sender goes in full only once this replica speaks as another
+        // incarnation than the one its links authenticated.
+        let sender = Some(self.state.replica()).filter(|id| **id != self.first_id);
+        match codec::encode(sender, message) {
             Ok(bytes) => {
                 self.metrics.count_sent(message.kind(), bytes.len());
                 self.transmits.push_back(Transmit {

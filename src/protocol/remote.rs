@@ -81,7 +81,6 @@ pub(crate) struct Remote<M> {
     pub(crate) buffer: BTreeMap<u64, (u64, Delta<M>, usize)>,
     /// The encoded bytes of what `buffer` holds.
     pub(crate) buffered_bytes: usize,
-    pub(crate) assembly: Option<Assembly>,
     /// No catch-up is asked for before then: an answer from the last
     /// holder was refused (it broke a limit here), so asking again at once
     /// would only repeat it.
@@ -107,7 +106,6 @@ impl<M> Remote<M> {
             tried: BTreeSet::new(),
             buffer: BTreeMap::new(),
             buffered_bytes: 0,
-            assembly: None,
             backoff_until: None,
         }
     }
@@ -129,7 +127,6 @@ impl<M> Remote<M> {
         self.tried.clear();
         self.buffer.clear();
         self.buffered_bytes = 0;
-        self.assembly = None;
     }
 
     /// Holds an interval that arrived before an earlier one.
@@ -150,22 +147,28 @@ impl<M> Remote<M> {
     }
 }
 
-/// An outstanding catch-up request.
+/// An outstanding catch-up request of one replica.
 #[derive(Clone)]
 pub(crate) struct Request {
     pub(crate) holder: ReplicaId,
-    /// The counter the answer starts from.
-    pub(crate) since: u64,
+    /// The request message it went in (see `Batch`).
+    pub(crate) batch: u64,
     /// How far the holder said it holds: no answer may go further.
     pub(crate) claimed: u64,
+    pub(crate) sent_at: Duration,
+}
+
+/// A catch-up request message for several replicas.
+#[derive(Clone)]
+pub(crate) struct Batch {
+    pub(crate) holder: ReplicaId,
+    pub(crate) replicas: BTreeSet<ReplicaId>,
     pub(crate) sent_at: Duration,
 }
 
 /// A catch-up answer arriving in pieces.
 #[derive(Clone)]
 pub(crate) struct Assembly {
-    pub(crate) since: u64,
-    pub(crate) to: u64,
     pub(crate) total: u64,
     pub(crate) pieces: BTreeMap<u64, Vec<u8>>,
 }
@@ -211,4 +214,13 @@ pub(crate) fn id_hash(id: &ReplicaId) -> u32 {
     eat(&id.incarnation().started_ms().to_le_bytes());
     eat(&id.incarnation().nonce().to_le_bytes());
     h
+}
+
+/// A replica's share of a view hash: its id's hash and the counter held,
+/// mixed (SplitMix64's finaliser) so that shares add up without cancelling.
+pub(crate) fn view_term(hash: u32, held: u64) -> u64 {
+    let mut z = (u64::from(hash) << 32 ^ held.rotate_left(17)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

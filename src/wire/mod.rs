@@ -26,27 +26,23 @@
 //! assert!(wire::decode::<String>(&bytes[..bytes.len() - 1]).is_err());
 //! ```
 
-mod delta;
-pub(crate) mod message;
-mod msgpack;
+pub(crate) mod delta;
+pub(crate) mod msgpack;
 
 use crate::state::{Delta, Meta};
 
 /// The format version this build writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// The largest message [`decode`] accepts: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Message kinds, the second header byte.
+/// Message kinds, the second header byte. The protocol's own messages
+/// take the kinds above this one (`src/protocol/codec.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum Kind {
     Delta = 1,
-    Heartbeat = 2,
-    Interval = 3,
-    CatchUpRequest = 4,
-    CatchUpReply = 5,
 }
 
 /// Why bytes could not be decoded, or a delta encoded.

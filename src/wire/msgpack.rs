@@ -83,6 +83,13 @@ impl<'a> Reader<'a> {
         Ok(Marker::from_u8(self.byte()?))
     }
 
+    pub(crate) fn peek_byte(&self) -> Result<u8, WireError> {
+        self.bytes
+            .get(self.pos)
+            .copied()
+            .ok_or(WireError::Truncated)
+    }
+
     pub(crate) fn peek_marker(&self) -> Result<Marker, WireError> {
         self.bytes
             .get(self.pos)

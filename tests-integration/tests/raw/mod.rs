@@ -1,4 +1,4 @@
-//! Raw protocol bytes, laid out as `src/wire/message.rs` documents: what a
+//! Raw protocol bytes, laid out as `src/protocol/codec.rs` documents: what a
 //! hostile member sends over its own authenticated link.
 
 #![allow(dead_code)] // Each user takes part of it.
@@ -27,7 +27,7 @@ pub fn id(out: &mut Vec<u8>, id: &ReplicaId) {
 }
 
 pub fn message(kind: u8, sender: &ReplicaId) -> Vec<u8> {
-    let mut out = vec![1, kind];
+    let mut out = vec![attendance::wire::VERSION, kind];
     id(&mut out, sender);
     out
 }
@@ -36,16 +36,29 @@ pub fn message(kind: u8, sender: &ReplicaId) -> Vec<u8> {
 /// state as on the wire: 0 not ahead, 1 dead, counter + 2.
 pub fn heartbeat(sender: &ReplicaId, beat: u64, entries: &[(ReplicaId, u64, u64, u64)]) -> Vec<u8> {
     let mut out = message(HEARTBEAT, sender);
+    out.push(if entries.is_empty() { 0 } else { 16 });
     varint(&mut out, beat);
     varint(&mut out, 0);
-    out.push(0);
-    varint(&mut out, entries.len() as u64);
+    out.extend_from_slice(&0u32.to_le_bytes());
+    if !entries.is_empty() {
+        varint(&mut out, entries.len() as u64);
+    }
     for (entry, state, beat, age) in entries {
         varint(&mut out, state * 2 + 1);
         id(&mut out, entry);
         varint(&mut out, *beat);
         varint(&mut out, *age);
     }
+    out
+}
+
+/// The graceful-leave heartbeat of `sender`, named in full.
+pub fn leave(sender: &ReplicaId) -> Vec<u8> {
+    let mut out = message(HEARTBEAT, sender);
+    out.push(1);
+    varint(&mut out, 1);
+    varint(&mut out, 0);
+    out.extend_from_slice(&0u32.to_le_bytes());
     out
 }
 
@@ -58,22 +71,24 @@ pub fn empty_interval(sender: &ReplicaId, from: u64, to: u64) -> Vec<u8> {
     out
 }
 
+/// A catch-up request numbered 0 for one replica.
 pub fn request(sender: &ReplicaId, replica: &ReplicaId, since: u64) -> Vec<u8> {
     let mut out = message(REQUEST, sender);
+    varint(&mut out, 0);
+    varint(&mut out, 1);
     id(&mut out, replica);
     varint(&mut out, since);
     out
 }
 
+/// A piece of the answer to request `batch`.
 pub fn reply_piece(
     sender: &ReplicaId,
-    replica: &ReplicaId,
-    (since, to, total, offset): (u64, u64, u64, u64),
+    (batch, total, offset): (u64, u64, u64),
     bytes: &[u8],
 ) -> Vec<u8> {
     let mut out = message(REPLY, sender);
-    id(&mut out, replica);
-    for n in [since, to, total, offset] {
+    for n in [batch, total, offset] {
         varint(&mut out, n);
     }
     out.extend_from_slice(bytes);
