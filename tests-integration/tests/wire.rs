@@ -81,7 +81,7 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wire_v1.txt");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wire_v2.txt");
 
 #[test]
 fn golden_fixtures_match_and_decode() {
