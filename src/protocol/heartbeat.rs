@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::message::{DigestEntry, EntryId, EntryState, Heartbeat, Message};
 use super::remote::{id_hash, view_term};
 use super::{
-    BULK, Beat, Destination, ENVELOPE_MARGIN, Heard, MAX_INTRODUCTIONS, MAX_WANTS, Node,
-    ReplicaStatus, millis,
+    Beat, Destination, ENVELOPE_MARGIN, Heard, MAX_INTRODUCTIONS, MAX_WANTS, Node, ReplicaStatus,
+    millis,
 };
 use crate::state::{Meta, PurgeReason, ReplicaId};
 
@@ -39,6 +39,8 @@ impl<M: Meta> Node<M> {
         self.flush();
         self.beat += 1;
         self.wants = self.wanted(now);
+        // Once a period, not once a heartbeat: it walks every replica.
+        self.own_view = self.view();
         let probe = self.probe_due(now);
         let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
         for peer in peers {
@@ -88,7 +90,7 @@ impl<M: Meta> Node<M> {
     /// that differs, how many peers hold it and the first of them.
     fn view_tally(&self, now: Duration) -> (usize, BTreeMap<u32, (usize, &ReplicaId)>) {
         let fresh = self.config.broadcast_period * 2;
-        let mine = self.view();
+        let mine = self.own_view;
         let mut agree = 0;
         let mut others: BTreeMap<u32, (usize, &ReplicaId)> = BTreeMap::new();
         for (peer, link) in &self.links {
@@ -137,6 +139,7 @@ impl<M: Meta> Node<M> {
     /// beyond it. With `gather`, catch-ups of replicas not shown yet wait
     /// for the answer, to ask one holder for all of them.
     pub(super) fn send_probe(&mut self, now: Duration, peer: &ReplicaId, gather: bool) {
+        self.own_view = self.view();
         self.probed = true;
         self.probe = Some((peer.clone(), now));
         if gather {
@@ -181,7 +184,7 @@ impl<M: Meta> Node<M> {
             leaving: beat == Beat::Leaving,
             digest: beat == Beat::Digest,
             answer,
-            view: self.view(),
+            view: self.own_view,
             wants: self.wants.clone(),
             entries,
         };
@@ -278,6 +281,7 @@ impl<M: Meta> Node<M> {
         peer: &ReplicaId,
         claims: &BTreeMap<ReplicaId, EntryState>,
     ) {
+        self.own_view = self.view();
         let mut entries = Vec::new();
         for (id, r) in &self.remotes {
             if id == peer || id.name() == peer.name() {
@@ -429,10 +433,11 @@ impl<M: Meta> Node<M> {
             // What the peer holds is known now: ask it for all at once.
             self.probe = None;
             self.gather_until = None;
-        } else if !self.probed && self.links.len() > BULK {
+        } else if !self.probed && self.links.len() > 1 {
             // A replica that just started asks the first peer it hears
             // from for its view, to catch up on all of it from one holder
-            // rather than from each owner.
+            // rather than from each owner. A single peer's heartbeat says
+            // all it holds.
             self.send_probe(now, link, true);
         }
     }

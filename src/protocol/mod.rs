@@ -217,10 +217,6 @@ const MAX_BATCHES: usize = 8;
 /// requests that timed out count too).
 const MAX_ANSWERS: usize = 16;
 
-/// A replica with more peers than this asks one of them for its view when
-/// it starts, to catch up on everything from one holder.
-const BULK: usize = 4;
-
 /// One replica's protocol. See the [module docs](self).
 #[derive(Clone)]
 pub struct Node<M> {
@@ -276,6 +272,9 @@ pub struct Node<M> {
     minority: u32,
     /// Replicas not heard from lately, asked of every peer by hash.
     wants: Vec<u32>,
+    /// The hash of this replica's view as its heartbeats carry it: taken
+    /// once a period, and when a digest or an answer goes out.
+    own_view: u32,
 }
 
 /// A catch-up answer sent: from which counter to which, and when.
@@ -339,6 +338,7 @@ impl<M: Meta> Node<M> {
             probed: false,
             minority: 0,
             wants: Vec::new(),
+            own_view: 0,
         })
     }
 

@@ -41,10 +41,10 @@
 //! development machine (2 cores, busy), the runs side by side:
 //!
 //! - two replicas, two mutations each (an untrack on one side, an update on
-//!   the other), `k = 1`: 451,415 states in 25 s;
+//!   the other), `k = 1`: 689,248 states in 45 s;
 //! - three replicas from a warm start (all up), links in order, `k = 0`; one
-//!   replica tracks, untracks and may crash, another tracks: 659,133 states
-//!   in 32 s.
+//!   replica tracks, untracks and may crash, another tracks: 1,074,149
+//!   states in 87 s.
 //!
 //! ```text
 //! cargo test --release --test model -- --nocapture

@@ -10,10 +10,16 @@
 //! tracked and not untracked on hosts that are running), each host's diffs
 //! replayed from empty, and each replica's own sub-state at every counter,
 //! so the tests can check lists, diffs and prefix views against them.
+//!
+//! Its own work per event does not grow with the number of hosts, so that
+//! clusters of a thousand can run: each running host's next timer is filed
+//! in a sorted set whenever the simulator has given that host an input, and
+//! replicas are found by id through a map. A message to all is still one
+//! delivery per host.
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +85,21 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    fn count(&mut self, kind: MessageKind, bytes: usize) {
+        *self.messages.entry(kind).or_default() += 1;
+        *self.bytes.entry(kind).or_default() += bytes as u64;
+    }
+
+    /// Messages of one kind.
+    pub fn messages_of(&self, kind: MessageKind) -> u64 {
+        self.messages.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Bytes of one kind.
+    pub fn bytes_of(&self, kind: MessageKind) -> u64 {
+        self.bytes.get(&kind).copied().unwrap_or(0)
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.bytes.values().sum()
     }
@@ -104,6 +125,8 @@ enum Due {
 
 pub struct Host {
     pub name: String,
+    /// Read it, do not drive it: the simulator files the node's next timer
+    /// and its id after each input it gives, and would miss any other.
     pub node: Option<Node<M>>,
     /// The diffs this host published, replayed from empty.
     pub replay: BTreeMap<(String, PresenceId), (String, M)>,
@@ -111,6 +134,28 @@ pub struct Host {
     own: Vec<PresenceId>,
     pub crashed_at: Option<Duration>,
     pub incarnations: u32,
+    /// What was delivered to this host, counted as [`Sim::traffic`] is.
+    pub received: Traffic,
+    /// Its entry in [`Sim::timers`], while it runs.
+    timer: Option<Duration>,
+    /// Its entry in [`Sim::running`]: the id it was last seen with.
+    listed_as: Option<ReplicaId>,
+}
+
+impl Host {
+    fn new(name: String) -> Self {
+        Host {
+            name,
+            node: None,
+            replay: BTreeMap::new(),
+            own: Vec::new(),
+            crashed_at: None,
+            incarnations: 0,
+            received: Traffic::default(),
+            timer: None,
+            listed_as: None,
+        }
+    }
 }
 
 pub struct Sim {
@@ -121,6 +166,12 @@ pub struct Sim {
     pub hosts: Vec<Host>,
     due: BTreeMap<(Duration, u64), Due>,
     seq: u64,
+    /// Each running host's next timer, `(poll_timeout, host)`: the first
+    /// is the next to fire, the lowest host first on a tie.
+    timers: BTreeSet<(Duration, usize)>,
+    /// The running hosts by their replica's current id, to deliver
+    /// messages sent to one replica.
+    running: HashMap<ReplicaId, usize>,
     /// Directed links that carry nothing: `(from, to)`.
     blocked: BTreeSet<(usize, usize)>,
     /// Presences tracked and not untracked on running hosts.
@@ -130,6 +181,9 @@ pub struct Sim {
     /// The greatest counter of R each host has shown while R was visible.
     shown: BTreeMap<(usize, ReplicaId), u64>,
     pub traffic: Traffic,
+    /// `ReplicaDown` events naming a replica that is in fact running (cut
+    /// off, or wrongly suspected).
+    pub downs_of_running: u64,
     /// When the last crash was reported to the others.
     pub last_report: Option<Duration>,
     /// Check prefix views after every step (on by default; it keeps every
@@ -160,11 +214,14 @@ impl Sim {
             hosts: Vec::new(),
             due: BTreeMap::new(),
             seq: 0,
+            timers: BTreeSet::new(),
+            running: HashMap::new(),
             blocked: BTreeSet::new(),
             truth: BTreeMap::new(),
             history: BTreeMap::new(),
             shown: BTreeMap::new(),
             traffic: Traffic::default(),
+            downs_of_running: 0,
             last_report: None,
             check_prefixes: true,
             joined: Vec::new(),
@@ -174,18 +231,19 @@ impl Sim {
             topics: (0..3).map(|t| format!("room:{t}")).collect(),
             keys: 8,
         };
-        for i in 0..hosts {
-            sim.hosts.push(Host {
-                name: format!("n{i}"),
-                node: None,
-                replay: BTreeMap::new(),
-                own: Vec::new(),
-                crashed_at: None,
-                incarnations: 0,
-            });
-            sim.boot(i);
+        for _ in 0..hosts {
+            sim.add_host();
         }
         sim
+    }
+
+    /// Starts a host under a name never used before, connected to every
+    /// running host; returns its index.
+    pub fn add_host(&mut self) -> usize {
+        let host = self.hosts.len();
+        self.hosts.push(Host::new(format!("n{host}")));
+        self.boot(host);
+        host
     }
 
     /// A cluster on a reliable network with the default configuration,
@@ -245,6 +303,9 @@ impl Sim {
         );
         let node = Node::new(State::new(id.clone()), self.config.clone()).expect("valid config");
         h.node = Some(node);
+        h.listed_as = Some(id.clone());
+        self.running.insert(id.clone(), host);
+        let h = &mut self.hosts[host];
         h.replay.clear();
         h.own.clear();
         h.crashed_at = None;
@@ -271,9 +332,22 @@ impl Sim {
         self.drain(host);
     }
 
+    /// Takes a host's node out of the run, with its timer and its id.
+    fn stop(&mut self, host: usize) -> Option<Node<M>> {
+        let h = &mut self.hosts[host];
+        let node = h.node.take()?;
+        if let Some(t) = h.timer.take() {
+            self.timers.remove(&(t, host));
+        }
+        if let Some(id) = h.listed_as.take() {
+            self.running.remove(&id);
+        }
+        Some(node)
+    }
+
     /// Kills a host: its memory is lost. Peers hear of the lost links.
     pub fn crash(&mut self, host: usize) {
-        let Some(node) = self.hosts[host].node.take() else {
+        let Some(node) = self.stop(host) else {
             return;
         };
         if self.log {
@@ -328,7 +402,7 @@ impl Sim {
         }
         self.drain(host);
         let id = self.id(host).expect("running");
-        self.hosts[host].node = None;
+        self.stop(host);
         self.hosts[host].crashed_at = Some(now);
         self.truth.retain(|pid, _| pid.replica() != &id);
     }
@@ -414,9 +488,49 @@ impl Sim {
         }
     }
 
-    /// Takes a host's outputs: messages onto the network, events into the
-    /// replay.
+    /// Takes a host's outputs (messages onto the network, events into the
+    /// replay) and files its next timer. Every input the simulator gives a
+    /// node is followed by this.
     fn drain(&mut self, host: usize) {
+        self.relist(host);
+        self.take_outputs(host);
+        self.refile_timer(host);
+    }
+
+    /// Keeps [`Sim::running`] on the host's current id: a node moves to a
+    /// new id when it re-incarnates.
+    fn relist(&mut self, host: usize) {
+        let h = &mut self.hosts[host];
+        let Some(node) = h.node.as_ref() else {
+            return;
+        };
+        if h.listed_as.as_ref() == Some(node.id()) {
+            return;
+        }
+        let id = node.id().clone();
+        if let Some(old) = h.listed_as.replace(id.clone()) {
+            self.running.remove(&old);
+        }
+        self.running.insert(id, host);
+    }
+
+    /// Files the host's next timer in [`Sim::timers`] anew.
+    fn refile_timer(&mut self, host: usize) {
+        let h = &mut self.hosts[host];
+        let next = h.node.as_ref().map(|n| n.poll_timeout());
+        if h.timer == next {
+            return;
+        }
+        if let Some(t) = h.timer {
+            self.timers.remove(&(t, host));
+        }
+        if let Some(t) = next {
+            self.timers.insert((t, host));
+        }
+        h.timer = next;
+    }
+
+    fn take_outputs(&mut self, host: usize) {
         loop {
             let Some(node) = self.hosts[host].node.as_mut() else {
                 return;
@@ -432,9 +546,7 @@ impl Sim {
                     }
                 }
                 Destination::Replica(id) => {
-                    if let Some(to) =
-                        (0..self.hosts.len()).find(|&h| self.id(h).as_ref() == Some(&id))
-                    {
+                    if let Some(&to) = self.running.get(&id) {
                         self.send(host, to, bytes, t.kind);
                     }
                 }
@@ -458,7 +570,12 @@ impl Sim {
                     3
                 }
                 Event::ReplicaUp(_) => 4,
-                Event::ReplicaDown(_) => 5,
+                Event::ReplicaDown(id) => {
+                    if self.running.contains_key(id) {
+                        self.downs_of_running += 1;
+                    }
+                    5
+                }
                 Event::ReplicaPurged(..) => 6,
                 _ => 7,
             };
@@ -479,9 +596,7 @@ impl Sim {
     pub fn run_until(&mut self, until: Duration) {
         loop {
             let next_due = self.due.first_key_value().map(|(k, _)| k.0);
-            let next_timer = (0..self.hosts.len())
-                .filter_map(|h| self.hosts[h].node.as_ref().map(|n| (n.poll_timeout(), h)))
-                .min();
+            let next_timer = self.timers.first().copied();
             let timer_first = match (next_timer, next_due) {
                 (Some((t, _)), Some(d)) => t <= d,
                 (Some(_), None) => true,
@@ -526,11 +641,12 @@ impl Sim {
                 if self.blocked.contains(&(p.from, p.to)) {
                     return;
                 }
-                let Some(node) = self.hosts[p.to].node.as_mut() else {
+                let to = &mut self.hosts[p.to];
+                let Some(node) = to.node.as_mut() else {
                     return;
                 };
-                *self.traffic.messages.entry(p.kind).or_default() += 1;
-                *self.traffic.bytes.entry(p.kind).or_default() += p.bytes.len() as u64;
+                to.received.count(p.kind, p.bytes.len());
+                self.traffic.count(p.kind, p.bytes.len());
                 let ok = node.handle_message(now, &p.sender, &p.bytes).is_ok();
                 self.mix(&[
                     8,
@@ -660,6 +776,19 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Whether every running host lists exactly the ground truth, as
+    /// [`Sim::converged`] checks, cheaper to poll: the counts of presences
+    /// come first, and they tell most hosts still converging apart without
+    /// building anyone's rows.
+    pub fn is_converged(&self) -> bool {
+        let counts_agree = self.hosts.iter().all(|host| {
+            host.node
+                .as_ref()
+                .is_none_or(|n| n.state().len() == self.truth.len())
+        });
+        counts_agree && self.converged().is_ok()
     }
 
     /// Each running host's replayed diffs equal its lists.
