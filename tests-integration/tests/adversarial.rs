@@ -583,12 +583,35 @@ fn heartbeats_stay_under_the_message_limit_however_many_replicas_are_known() {
     }
     let now = now + config.broadcast_period * 47;
     assert!(nodes[V].replicas().count() >= 3_000);
-    nodes[V].handle_timeout(now + config.broadcast_period);
-    let beats: Vec<Transmit> = sent_by(&mut nodes[V])
-        .into_iter()
-        .filter(|t| t.kind == MessageKind::Heartbeat)
-        .collect();
-    assert_eq!(beats.len(), 2);
+    // v's view now differs from both peers': within a few periods it
+    // sends one of them its whole view, cut to the limit.
+    let mut beats = Vec::new();
+    for round in 1..=4 {
+        let at = now + config.broadcast_period * round;
+        for peer in [A, L] {
+            nodes[peer].handle_timeout(at);
+            let from = nodes[peer].id().clone();
+            for t in sent_by(&mut nodes[peer]) {
+                if t.destination == Destination::Replica(nodes[V].id().clone()) {
+                    nodes[V]
+                        .handle_message(at, &from, &t.bytes)
+                        .expect("well-formed");
+                }
+            }
+        }
+        nodes[V].handle_timeout(at);
+        beats.extend(
+            sent_by(&mut nodes[V])
+                .into_iter()
+                .filter(|t| t.kind == MessageKind::Heartbeat),
+        );
+    }
+    assert_eq!(beats.len(), 8, "one heartbeat a peer a period");
+    let largest = beats.iter().map(|t| t.bytes.len()).max().unwrap_or(0);
+    assert!(
+        largest > config.max_message_bytes / 2,
+        "a digest: {largest} bytes"
+    );
     let v = nodes[V].id().clone();
     for t in beats {
         assert!(
