@@ -343,6 +343,11 @@ impl<M: Meta> Node<M> {
         if self.gather_until.is_some_and(|t| now >= t) {
             self.gather_until = None;
         }
+        // Nothing can be asked until a request is answered or times out:
+        // this runs after every message, so it must cost nothing then.
+        if self.batches.len() >= MAX_BATCHES {
+            return;
+        }
         let gathering = self.gather_until.is_some();
         let mut needs = Vec::new();
         let mut settled = Vec::new();

@@ -241,8 +241,21 @@ impl<M: Meta> Node<M> {
         let mut down = Vec::new();
         let mut purge = Vec::new();
         let mut forget = Vec::new();
+        // The earliest deadline not reached yet: a sign of life only moves
+        // a deadline later, so waking then is never too late.
+        let mut next: Option<Duration> = None;
         for (id, r) in &mut self.remotes {
             let silent = now.saturating_sub(r.last_alive());
+            let deadline = match r.status {
+                ReplicaStatus::Up | ReplicaStatus::Joining => {
+                    r.last_alive() + self.config.down_period
+                }
+                ReplicaStatus::Down => r.last_alive() + self.config.permdown_period,
+                ReplicaStatus::Purged(_) => r.since + self.config.tombstone_ttl,
+            };
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
             match r.status {
                 ReplicaStatus::Up | ReplicaStatus::Joining => {
                     let mut lost = false;
@@ -268,6 +281,11 @@ impl<M: Meta> Node<M> {
                     }
                 }
             }
+        }
+        if let Some(t) = next
+            && self.next_tick.is_none_or(|tick| t < tick)
+        {
+            self.wake_at(t);
         }
         for id in down {
             self.mark_down(now, &id);

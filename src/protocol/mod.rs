@@ -250,7 +250,8 @@ pub struct Node<M> {
     /// messages leave the sender implied while it still speaks as that.
     first_id: ReplicaId,
     /// Times to run [`Node::handle_timeout`] at between periods: requests
-    /// timing out, lost links, back-offs, holders becoming due.
+    /// timing out, lost links, back-offs, holders becoming due, the first
+    /// replica to go silent for `down_period` (found once a period).
     wakes: BTreeSet<Duration>,
     /// Replicas with a holder ahead, or waiting for a whole sub-state.
     behind: BTreeSet<ReplicaId>,
@@ -512,9 +513,7 @@ impl<M: Meta> Node<M> {
     }
 
     /// When [`Node::handle_timeout`] should run next: the next period, or
-    /// an earlier deadline (a lost link, a request timing out). Silence is
-    /// judged once a period, so a silent replica goes down within a period
-    /// after `down_period`.
+    /// an earlier deadline (a peer going down, a request timing out).
     pub fn poll_timeout(&self) -> Duration {
         let next = self.next_tick.unwrap_or(Duration::ZERO);
         self.wakes.first().map_or(next, |&w| next.min(w))
