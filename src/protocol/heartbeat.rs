@@ -342,9 +342,9 @@ impl<M: Meta> Node<M> {
                 _ => None,
             })
             .collect();
-        let entry = self.links.entry(link.clone()).or_default();
-        entry.view = Some((hb.view, now));
-        entry.wants = wants;
+        let known = self.links.entry(link.clone()).or_default();
+        known.view = Some((hb.view, now));
+        known.wants = wants;
         if let Some(r) = self.remotes.get_mut(&sender) {
             r.direct = Some((now, hb.counter));
         }

@@ -89,7 +89,7 @@ impl<M> Message<M> {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Heartbeat {
     /// The sender's heartbeat number, bumped every period.
     pub(crate) beat: u64,
