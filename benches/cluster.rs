@@ -22,8 +22,9 @@
 //! Bytes are the protocol's plus the TCP mesh's framing of each message
 //! ([`FRAME_OVERHEAD`]). `cargo bench --bench cluster` prints one line per
 //! figure, up to N = 256; `-- --max-n 1000` (or
-//! `ATTENDANCE_CLUSTER_MAX_N=1000`) runs the largest cluster too, and a
-//! smaller bound stops earlier. The numbers are counts of bytes and
+//! `ATTENDANCE_CLUSTER_MAX_N=1000`) runs the largest cluster too, a
+//! smaller bound stops earlier, and `--min-n 1000` (or
+//! `ATTENDANCE_CLUSTER_MIN_N`) skips the smaller ones. The numbers are counts of bytes and
 //! virtual time, not wall time: the same on every machine.
 
 #[path = "../tests-integration/tests/sim/mod.rs"]
@@ -62,25 +63,35 @@ fn presences_per_replica(hosts: usize) -> usize {
     }
 }
 
-/// The largest N run unless asked for more: every replica handles N - 1
-/// heartbeats a period, and handling one still costs time in N, so a
-/// period of N = 1,000 takes about 90 s of wall time here against 1.2 s at
-/// N = 256.
+/// The largest N run unless asked for more: a period of N = 1,000 is a
+/// million heartbeat deliveries, several seconds of wall time here.
 const DEFAULT_MAX_N: usize = 256;
 
 /// The largest N to run: `--max-n N`, else `ATTENDANCE_CLUSTER_MAX_N`,
 /// else [`DEFAULT_MAX_N`].
 fn max_n(args: &[String]) -> usize {
+    size_arg(args, "--max-n", "ATTENDANCE_CLUSTER_MAX_N").unwrap_or(DEFAULT_MAX_N)
+}
+
+/// The smallest N to run: `--min-n N`, else `ATTENDANCE_CLUSTER_MIN_N`,
+/// else all of them (to run N = 1,000 alone).
+fn min_n(args: &[String]) -> usize {
+    size_arg(args, "--min-n", "ATTENDANCE_CLUSTER_MIN_N").unwrap_or(0)
+}
+
+fn size_arg(args: &[String], flag: &str, env: &str) -> Option<usize> {
+    let with_eq = format!("{flag}=");
     let arg = args.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix("--max-n=")
+        a.strip_prefix(with_eq.as_str())
             .map(str::to_owned)
-            .or_else(|| (a == "--max-n").then(|| args.get(i + 1).cloned().unwrap_or_default()))
+            .or_else(|| (a == flag).then(|| args.get(i + 1).cloned().unwrap_or_default()))
     });
-    let value = arg.or_else(|| std::env::var("ATTENDANCE_CLUSTER_MAX_N").ok());
-    value.map_or(DEFAULT_MAX_N, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("the largest N is a number, not {v:?}"))
-    })
+    let value = arg.or_else(|| std::env::var(env).ok())?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag} takes a number, not {value:?}")),
+    )
 }
 
 /// Bytes on the wire: each message's bytes and its frame.
@@ -149,8 +160,8 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let max_n = max_n(&args);
-    for hosts in SIZES.into_iter().filter(|&n| n <= max_n) {
+    let (min_n, max_n) = (min_n(&args), max_n(&args));
+    for hosts in SIZES.into_iter().filter(|&n| (min_n..=max_n).contains(&n)) {
         let started = Instant::now();
         cluster(hosts);
         eprintln!(
@@ -172,13 +183,14 @@ fn cluster(hosts: usize) {
         heal(&mut sim, &name);
     }
     join_visible(&mut sim, &name);
-    false_downs(&mut sim, &name);
     if per_replica == REJOIN_PRESENCES {
         // Before the crashes, so that the new replica finds every replica
-        // up, as in a fresh cluster of this size.
+        // up, as in a fresh cluster of this size; the long lossy run last.
         rejoin(&mut sim, &name);
         crashes(&mut sim, &name, hosts);
+        false_downs(&mut sim, &name);
     } else {
+        false_downs(&mut sim, &name);
         crashes(&mut sim, &name, hosts);
         drop(sim);
         let mut sim =
