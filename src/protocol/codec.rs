@@ -155,15 +155,8 @@ pub(crate) fn decode<M: Meta>(
         }
         REQUEST => {
             let batch = r.varint()?;
-            let count = r.varint()?;
-            // An item takes at least four bytes: no reserve beyond the input.
-            if count > (r.remaining() / 4) as u64 {
-                return Err(WireError::Truncated);
-            }
-            let mut items = Vec::new();
-            for _ in 0..count {
-                items.push((read_id(&mut r)?, counter(&mut r)?));
-            }
+            // An item takes at least four bytes.
+            let items = read_list(&mut r, 4, |r| Ok((read_id(r)?, counter(r)?)))?;
             Message::CatchUpRequest { batch, items }
         }
         REPLY => Message::CatchUpReply(ReplyChunk {
@@ -185,27 +178,17 @@ fn read_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, WireError> {
     let beat = counter(r)?;
     let own = counter(r)?;
     let view = u32::from_le_bytes(read4(r)?);
-    let mut wants = Vec::new();
-    if flags & WANTS != 0 {
-        let count = r.varint()?;
-        if count > (r.remaining() / 4) as u64 {
-            return Err(WireError::Truncated);
-        }
-        for _ in 0..count {
-            wants.push(u32::from_le_bytes(read4(r)?));
-        }
-    }
-    let mut entries = Vec::new();
-    if flags & ENTRIES != 0 {
-        let count = r.varint()?;
-        // An entry takes at least seven bytes: no reserve beyond the input.
-        if count > (r.remaining() / 7) as u64 {
-            return Err(WireError::Truncated);
-        }
-        for _ in 0..count {
-            entries.push(read_entry(r)?);
-        }
-    }
+    let wants = if flags & WANTS != 0 {
+        read_list(r, 4, |r| Ok(u32::from_le_bytes(read4(r)?)))?
+    } else {
+        Vec::new()
+    };
+    let entries = if flags & ENTRIES != 0 {
+        // An entry takes at least seven bytes.
+        read_list(r, 7, read_entry)?
+    } else {
+        Vec::new()
+    };
     Ok(Heartbeat {
         beat,
         counter: own,
@@ -237,6 +220,21 @@ fn read_entry(r: &mut Reader<'_>) -> Result<DigestEntry, WireError> {
         age_ms: r.varint()?,
         state,
     })
+}
+
+/// A count, then that many items of at least `min_bytes` each: a count
+/// the rest of the input cannot hold is refused before anything is
+/// reserved.
+fn read_list<T>(
+    r: &mut Reader<'_>,
+    min_bytes: usize,
+    mut item: impl FnMut(&mut Reader<'_>) -> Result<T, WireError>,
+) -> Result<Vec<T>, WireError> {
+    let count = r.varint()?;
+    if count > (r.remaining() / min_bytes) as u64 {
+        return Err(WireError::Truncated);
+    }
+    (0..count).map(|_| item(r)).collect()
 }
 
 fn read4(r: &mut Reader<'_>) -> Result<[u8; 4], WireError> {
