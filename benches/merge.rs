@@ -6,9 +6,12 @@
 //! mistake is not a result).
 //!
 //! Ids (compared across versions):
-//! - `delta_apply_join/{attendance/1000, attendance/1000000, crdts_orswot/100000}`
-//! - `delta_apply_leave/{attendance/1000, attendance/1000000, crdts_orswot/100000}`
-//! - `local_track/{attendance/1000000, crdts_orswot/100000}`
+//! - `delta_apply_join/{attendance/1000, attendance/1000000, crdts_orswot/100000, crdts_orswot/1000000}`
+//! - `delta_apply_leave/{attendance/1000, attendance/1000000, crdts_orswot/100000, crdts_orswot/1000000}`
+//! - `local_track/{attendance/1000000, crdts_orswot/100000, crdts_orswot/1000000}`
+//!
+//! `crdts_orswot/1000000` is the comparison at equal size; the 100,000 ids
+//! are kept so that figures stay comparable across versions.
 //! - `full_merge_into_empty/{attendance/100000, crdts_orswot/100000}`
 //! - `full_merge_identical/{attendance/100000, crdts_orswot/100000}`
 //! - `full_merge_diff100/{attendance/100000, crdts_orswot/100000}`
@@ -60,7 +63,7 @@ fn steady_pair(s: usize) -> Pair {
 fn deltas(c: &mut Criterion) {
     let mut small = steady_pair(SMALL);
     let mut large = steady_pair(LARGE);
-    let mut orswot = OrPair::new(ORSWOT);
+    let mut orswots = [OrPair::new(ORSWOT), OrPair::new(LARGE)];
 
     for (name, join) in [("delta_apply_join", true), ("delta_apply_leave", false)] {
         let mut group = c.benchmark_group(name);
@@ -71,35 +74,36 @@ fn deltas(c: &mut Criterion) {
             });
             assert_eq!(pair.local.len(), s);
         }
-        group.bench_function(BenchmarkId::new("crdts_orswot", ORSWOT), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| apply_one_op(&mut orswot, join)).sum())
-        });
+        for pair in &mut orswots {
+            let s = pair.remote.held.len();
+            group.bench_function(BenchmarkId::new("crdts_orswot", s), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| apply_one_op(pair, join)).sum())
+            });
+        }
         group.finish();
     }
     drop(small);
 
     // The owning replicas of the pairs above: the 1,000,000-presence remote
-    // `State` and the 100,000-member remote `Orswot`. Their locals are no
-    // longer needed.
+    // `State` and the remote `Orswot`s. Their locals are no longer needed.
     let Pair {
         remote: mut owner,
         local,
     } = large;
     drop(local);
-    let OrPair {
-        remote: mut or_owner,
-        local,
-    } = orswot;
-    drop(local);
+    let mut or_owners: Vec<OrRemote> = orswots.into_iter().map(|pair| pair.remote).collect();
     {
         let mut group = c.benchmark_group("local_track");
         quick(&mut group);
         group.bench_function(BenchmarkId::new("attendance", LARGE), |b| {
             b.iter_custom(|iters| track_on(&mut owner, iters))
         });
-        group.bench_function(BenchmarkId::new("crdts_orswot", ORSWOT), |b| {
-            b.iter_custom(|iters| add_on(&mut or_owner, iters))
-        });
+        for or_owner in &mut or_owners {
+            let s = or_owner.held.len();
+            group.bench_function(BenchmarkId::new("crdts_orswot", s), |b| {
+                b.iter_custom(|iters| add_on(or_owner, iters))
+            });
+        }
         group.finish();
     }
     assert_eq!(owner.state.len(), LARGE);
