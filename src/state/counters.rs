@@ -236,6 +236,7 @@ impl CounterSet {
     }
 
     /// The counters of `self` in `lo..=hi`.
+    #[cfg(test)]
     pub(crate) fn within(&self, lo: u64, hi: u64) -> CounterSet {
         let ranges = self
             .ranges
@@ -244,6 +245,23 @@ impl CounterSet {
             .map(|&(l, h)| (l.max(lo), h.min(hi)))
             .collect();
         CounterSet { ranges }
+    }
+
+    /// Whether every counter of `other` in `lo..=hi` is in `self`: the same
+    /// as `self.is_superset(&other.within(lo, hi))`, without building the
+    /// set.
+    pub(crate) fn is_superset_within(&self, other: &CounterSet, lo: u64, hi: u64) -> bool {
+        other
+            .ranges
+            .iter()
+            .filter(|&&(l, h)| h >= lo && l <= hi)
+            .all(|&(l, h)| {
+                let (l, h) = (l.max(lo), h.min(hi));
+                let i = self.ranges.partition_point(|&(_, mine)| mine < l);
+                self.ranges
+                    .get(i)
+                    .is_some_and(|&(mlo, mhi)| mlo <= l && h <= mhi)
+            })
     }
 
     /// Builds a set from ranges that are already sorted, disjoint and
@@ -333,6 +351,11 @@ mod tests {
             }
             assert_eq!(model(&a), ma);
             assert_eq!(a.is_superset(&b), mb.is_subset(&ma));
+            let (lo, hi) = (next() % 45, next() % 45);
+            assert_eq!(
+                a.is_superset_within(&b, lo, hi),
+                a.is_superset(&b.within(lo, hi))
+            );
             for c in 0..50 {
                 assert_eq!(a.contains(c), ma.contains(&c));
             }

@@ -248,7 +248,7 @@ pub(crate) fn joined_floor(a: &CounterSet, a_floor: u64, b: &CounterSet, b_floor
     };
     // The lower floor holds if the side with the higher floor knows nothing
     // in between that the other side does not know too.
-    if low.is_superset(&high.within(low_floor + 1, high_floor)) {
+    if low.is_superset_within(high, low_floor + 1, high_floor) {
         low_floor
     } else {
         high_floor

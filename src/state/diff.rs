@@ -235,19 +235,17 @@ const SCANNED_TOPICS: usize = 8;
 /// address of their shared text, which is cheaper than the text; two clones
 /// of one name from different allocations are joined at the end.
 pub(crate) struct DiffBuilder<M> {
-    topics: SmallVec<[(Topic, TopicDiff<M>); 1]>,
+    /// The diff under construction; finished in place, so that the whole
+    /// of it moves once.
+    diff: Diff<M>,
     index: Option<HashMap<usize, usize>>,
-    undecodable: u64,
-    refused: u64,
 }
 
 impl<M> DiffBuilder<M> {
     pub(crate) fn new() -> Self {
         Self {
-            topics: SmallVec::new(),
+            diff: Diff::default(),
             index: None,
-            undecodable: 0,
-            refused: 0,
         }
     }
 
@@ -257,6 +255,7 @@ impl<M> DiffBuilder<M> {
         let found = match &self.index {
             Some(index) => index.get(&identity).copied(),
             None => self
+                .diff
                 .topics
                 .iter()
                 .position(|(t, _)| t.identity() == identity),
@@ -265,13 +264,13 @@ impl<M> DiffBuilder<M> {
             return i;
         }
         // The clone keeps the address from being reused meanwhile.
-        self.topics.push((topic.clone(), TopicDiff::default()));
-        let i = self.topics.len() - 1;
+        let topics = &mut self.diff.topics;
+        topics.push((topic.clone(), TopicDiff::default()));
+        let i = topics.len() - 1;
         if let Some(index) = &mut self.index {
             index.insert(identity, i);
-        } else if self.topics.len() > SCANNED_TOPICS {
-            let index = self
-                .topics
+        } else if topics.len() > SCANNED_TOPICS {
+            let index = topics
                 .iter()
                 .enumerate()
                 .map(|(i, (t, _))| (t.identity(), i))
@@ -283,12 +282,12 @@ impl<M> DiffBuilder<M> {
 
     fn topic(&mut self, topic: &Topic) -> &mut TopicDiff<M> {
         let i = self.place(topic);
-        &mut self.topics[i].1
+        &mut self.diff.topics[i].1
     }
 
     /// Adds a join to the topic at `place`, from [`DiffBuilder::place`].
     pub(crate) fn join_at(&mut self, place: usize, presence: Presence<M>) {
-        self.topics[place].1.joins.push(presence);
+        self.diff.topics[place].1.joins.push(presence);
     }
 
     pub(crate) fn join(&mut self, topic: &Topic, presence: Presence<M>) {
@@ -304,20 +303,27 @@ impl<M> DiffBuilder<M> {
     }
 
     pub(crate) fn count_undecodable(&mut self, n: u64) {
-        self.undecodable += n;
+        self.diff.undecodable += n;
     }
 
     pub(crate) fn count_refused(&mut self, n: u64) {
-        self.refused += n;
+        self.diff.refused += n;
     }
 
-    pub(crate) fn finish(self) -> Diff<M> {
-        let mut topics = self.topics;
+    pub(crate) fn finish(mut self) -> Diff<M> {
+        let topics = &mut self.diff.topics;
+        if topics.len() == 1 {
+            // Most diffs: one topic, nothing to sort or join.
+            if topics[0].1.is_empty() {
+                topics.clear();
+            }
+            return self.diff;
+        }
         topics.retain(|(_, diff)| !diff.is_empty());
         topics.sort_by(|a, b| a.0.cmp(&b.0));
         if topics.windows(2).any(|w| w[0].0 == w[1].0) {
             let mut joined: SmallVec<[(Topic, TopicDiff<M>); 1]> = SmallVec::new();
-            for (topic, diff) in topics {
+            for (topic, diff) in topics.drain(..) {
                 match joined.last_mut() {
                     Some((last, held)) if *last == topic => {
                         held.joins.extend(diff.joins);
@@ -327,12 +333,8 @@ impl<M> DiffBuilder<M> {
                     _ => joined.push((topic, diff)),
                 }
             }
-            topics = joined;
+            *topics = joined;
         }
-        Diff {
-            topics,
-            undecodable: self.undecodable,
-            refused: self.refused,
-        }
+        self.diff
     }
 }

@@ -38,6 +38,8 @@ struct Plan {
     removals: SmallVec<[Slot; 2]>,
     /// Entries of the part to add.
     additions: Additions,
+    /// How many of `additions` replace nothing (new presences here).
+    fresh: usize,
     /// Entries of the part over this state's topic or key limits: not
     /// added (their dots still count as seen).
     refused: u64,
@@ -61,9 +63,10 @@ impl<M: Meta> State<M> {
     ///
     /// When a part would break a [`Limits`](super::Limits) bound; the state
     /// is then unchanged.
-    pub fn merge(&mut self, delta: Delta<M>) -> Result<Diff<M>, StateError> {
+    pub fn merge(&mut self, mut delta: Delta<M>) -> Result<Diff<M>, StateError> {
         let plan = self.plan(&delta)?;
-        Ok(self.apply(delta, plan))
+        // Both by reference: moving them would copy hundreds of bytes.
+        Ok(self.apply(&mut delta, &plan))
     }
 
     /// Plans a merge without changing anything; the error a merge would
@@ -72,11 +75,19 @@ impl<M: Meta> State<M> {
         // Entries on a topic over this state's limits are refused one by
         // one, not the whole delta with them: a peer configured with larger
         // limits must not stop the rest of its presences from arriving.
-        let bad_topics: SmallVec<[u32; 2]> = (0u32..)
-            .zip(&delta.topics)
-            .filter(|(_, t)| self.check_topic(t.as_str()).is_err())
-            .map(|(i, _)| i)
-            .collect();
+        let bad_topics: SmallVec<[u32; 2]> = if delta
+            .topics
+            .iter()
+            .all(|t| self.check_topic(t.as_str()).is_ok())
+        {
+            SmallVec::new()
+        } else {
+            (0u32..)
+                .zip(&delta.topics)
+                .filter(|(_, t)| self.check_topic(t.as_str()).is_err())
+                .map(|(i, _)| i)
+                .collect()
+        };
         let mut plans = SmallVec::new();
         let mut newer_self = None;
         let mut new_replicas = 0usize;
@@ -123,10 +134,19 @@ impl<M: Meta> State<M> {
                 self.older_incarnations(id)
             };
             replaced += superseded.len();
-            let mut plan =
-                self.plan_part(index, part, &delta.topics, &bad_topics, local, superseded)?;
-            plan.newest = !known_newest;
-            plans.push(plan);
+            plans.push(Plan {
+                part: index,
+                replica: local,
+                superseded,
+                newest: !known_newest,
+                removals: SmallVec::new(),
+                additions: Additions::Every,
+                fresh: 0,
+                refused: 0,
+            });
+            if let Some(plan) = plans.last_mut() {
+                self.plan_part(plan, part, &delta.topics, &bad_topics)?;
+            }
         }
         let replicas = (self.replica_ids.len() + new_replicas).saturating_sub(replaced);
         if replicas > self.limits.replicas() {
@@ -141,40 +161,31 @@ impl<M: Meta> State<M> {
         })
     }
 
+    /// Fills in what merging `part` does: which entries it adds, which it
+    /// removes, which it refuses.
     fn plan_part(
         &self,
-        index: usize,
+        plan: &mut Plan,
         part: &Part<M>,
         topics: &[Topic],
         bad_topics: &[u32],
-        replica: Option<u32>,
-        superseded: SmallVec<[u32; 1]>,
-    ) -> Result<Plan, StateError> {
-        let mut plan = Plan {
-            part: index,
-            replica,
-            superseded,
-            newest: false,
-            removals: SmallVec::new(),
-            additions: Additions::Listed(SmallVec::new()),
-            refused: 0,
-        };
+    ) -> Result<(), StateError> {
         let refused = |e: &PartEntry<M>| {
-            bad_topics.contains(&e.topic) || self.check_key(e.payload.key.as_str()).is_err()
+            (!bad_topics.is_empty() && bad_topics.contains(&e.topic))
+                || self.check_key(e.payload.key.as_str()).is_err()
         };
-        let Some(r) = replica else {
-            let kept: SmallVec<[(usize, Option<Slot>); 2]> = (0..part.entries.len())
-                .filter(|&i| !refused(&part.entries[i]))
-                .map(|i| (i, None))
-                .collect();
-            plan.refused = (part.entries.len() - kept.len()) as u64;
-            plan.additions = if plan.refused == 0 {
-                Additions::Every
-            } else {
-                Additions::Listed(kept)
-            };
-            self.check_part(part, &plan, 0)?;
-            return Ok(plan);
+        let Some(r) = plan.replica else {
+            plan.refused = part.entries.iter().filter(|e| refused(e)).count() as u64;
+            if plan.refused > 0 {
+                plan.additions = Additions::Listed(
+                    (0..part.entries.len())
+                        .filter(|&i| !refused(&part.entries[i]))
+                        .map(|i| (i, None))
+                        .collect(),
+                );
+            }
+            plan.fresh = part.entries.len() - plan.refused as usize;
+            return self.check_part(part, plan, 0);
         };
         let held = self.store.replica_len(r);
         let mut removals = self.covered_entries(r, part, held);
@@ -182,6 +193,7 @@ impl<M: Meta> State<M> {
         // version of the same presence is an update of it: pair them, and
         // take the paired slot out of `removals`.
         let mut gone = Gone::new(&removals);
+        let mut paired = false;
         let mut additions = SmallVec::new();
         let slot = self.slot(r);
         for (i, e) in part.entries.iter().enumerate() {
@@ -205,16 +217,21 @@ impl<M: Meta> State<M> {
                     })
                 })
             };
-            if let Some(s) = replaces {
-                gone.take(s);
+            match replaces {
+                Some(s) => {
+                    gone.take(s);
+                    paired = true;
+                }
+                None => plan.fresh += 1,
             }
             additions.push((i, replaces));
         }
         plan.additions = Additions::Listed(additions);
-        removals.retain(|s| gone.contains(*s));
+        if paired {
+            removals.retain(|s| gone.contains(*s));
+        }
         plan.removals = removals;
-        self.check_part(part, &plan, held)?;
-        Ok(plan)
+        self.check_part(part, plan, held)
     }
 
     /// Local entries of replica `r` (holding `held`) whose fate `part` knows
@@ -255,18 +272,15 @@ impl<M: Meta> State<M> {
                 .filter(|&(dot, _)| part.covers(dot))
                 .collect();
         }
-        found.sort_unstable();
-        found.into_iter().map(|(_, slot)| slot).collect()
+        if found.len() > 1 {
+            found.sort_unstable();
+        }
+        found.iter().map(|&(_, slot)| slot).collect()
     }
 
     /// Checks what a part would add against the presence limit.
     fn check_part(&self, part: &Part<M>, plan: &Plan, held: usize) -> Result<(), StateError> {
-        let added = plan
-            .additions
-            .iter(part.entries.len())
-            .filter(|(_, replaces)| replaces.is_none())
-            .count();
-        let count = (held + added).saturating_sub(plan.removals.len());
+        let count = (held + plan.fresh).saturating_sub(plan.removals.len());
         let max = self.limits.presences_per_replica();
         if count > max {
             return Err(StateError::TooManyPresences {
@@ -278,16 +292,11 @@ impl<M: Meta> State<M> {
         Ok(())
     }
 
-    fn apply(&mut self, delta: Delta<M>, plan: MergePlan) -> Diff<M> {
+    fn apply(&mut self, delta: &mut Delta<M>, plan: &MergePlan) -> Diff<M> {
         self.superseded_by = self.superseded_by.max(plan.newer_self);
         let mut diff = DiffBuilder::new();
-        let Delta { topics, parts } = delta;
-        // Plans follow the order of the parts they plan.
-        let mut plans = plan.parts.into_iter().peekable();
-        for (index, part) in parts.into_iter().enumerate() {
-            let Some(plan) = plans.next_if(|p| p.part == index) else {
-                continue;
-            };
+        for plan in &plan.parts {
+            let part = &mut delta.parts[plan.part];
             for &old in &plan.superseded {
                 self.purge_slot(old, PurgeReason::Superseded, &mut diff);
             }
@@ -299,47 +308,35 @@ impl<M: Meta> State<M> {
                 Some(r) => r,
                 None => self.add_replica(part.replica.clone()),
             };
-            self.apply_part(r, part, &topics, plan, &mut diff);
+            self.apply_part(r, part, &delta.topics, plan, &mut diff);
         }
         diff.finish()
     }
 
+    /// Applies one planned part; takes its entries out of `part`.
     fn apply_part(
         &mut self,
         r: u32,
-        part: Part<M>,
+        part: &mut Part<M>,
         topics: &[Topic],
-        plan: Plan,
+        plan: &Plan,
         diff: &mut DiffBuilder<M>,
     ) {
         let visible = !self.slot(r).hidden;
         let id = self.slot(r).id.clone();
-        for slot in plan.removals {
+        for &slot in &plan.removals {
             let (old, topic) = self.store.remove(slot, visible);
             if visible {
                 let pid = PresenceId::new(id.clone(), old.pid);
                 diff.leave(&topic, Presence::new(pid, old.dot, old.payload));
             }
         }
-        let Part {
-            context,
-            dead,
-            entries,
-            removals,
-            history_floor,
-            undecodable,
-            ..
-        } = part;
-        diff.count_undecodable(undecodable);
+        diff.count_undecodable(part.undecodable);
         diff.count_refused(plan.refused);
-        let fresh = plan
-            .additions
-            .iter(entries.len())
-            .filter(|a| a.1.is_none())
-            .count();
-        if fresh > 64 {
-            self.store.reserve(r, fresh);
+        if plan.fresh > 64 {
+            self.store.reserve(r, plan.fresh);
         }
+        let entries = std::mem::take(&mut part.entries);
         let mut additions = plan.additions.iter(entries.len()).peekable();
         // The delta's topics, interned here as they are first needed, with
         // their place in the diff. No topic is released while entries are
@@ -380,17 +377,24 @@ impl<M: Meta> State<M> {
                         dot: e.dot,
                         pid: e.pid,
                     };
-                    self.store.insert(at, e.payload.clone(), visible);
                     if visible {
+                        self.store.insert(at, e.payload.clone(), true);
                         let pid = PresenceId::new(id.clone(), e.pid);
                         diff.join_at(in_diff, Presence::new(pid, e.dot, e.payload));
+                    } else {
+                        self.store.insert(at, e.payload, false);
                     }
                 }
             }
         }
         let capacity = self.limits.removal_log();
-        self.slot_mut(r)
-            .absorb(&context, &dead, &removals, history_floor, capacity);
+        self.slot_mut(r).absorb(
+            &part.context,
+            &part.dead,
+            &part.removals,
+            part.history_floor,
+            capacity,
+        );
     }
 
     /// The slots of the incarnations of `id`'s name older than it.
