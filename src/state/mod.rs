@@ -13,6 +13,7 @@ mod delta;
 mod diff;
 mod history;
 mod ids;
+mod index;
 mod lifecycle;
 mod limits;
 mod merge;

@@ -1,24 +1,25 @@
 //! Where presences live, and the indexes that find them without scanning.
 //!
 //! Entries sit in one slab. Three small indexes point into it by slot number:
-//! per replica by dot (so a delta's removals are found in O(1) each), per
-//! `(topic, key)` the head of a chain of the key's presences (so updates and
-//! `get` are O(presences of the key)), and per topic the list of its members
-//! (so `list` and `count` touch one topic only). The indexes hold 4-byte slot
-//! numbers rather than keys or entries, and an entry holds one pointer to its
-//! key and meta, which keeps a presence near 140 bytes.
+//! per replica by dot (so a delta's removals are found in O(1) each), by
+//! `(topic, key)` (so updates and `get` are O(presences of the key)), and per
+//! topic the list of its members (so `list` and `count` touch one topic
+//! only). The hash indexes hold slot numbers with their hashes
+//! ([`SlotIndex`]), an entry keeps the hash of its topic and key (so removing
+//! it never reads the key), and an entry holds one pointer to its key and
+//! meta, which keeps a presence near 150 bytes.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{DefaultHashBuilder, HashMap, HashTable, hash_table};
+use hashbrown::{DefaultHashBuilder, HashMap};
 
+use super::index::SlotIndex;
 use super::slab::Slab;
 use super::{Key, Topic};
 
-/// A slot number in the slab; `NONE` ends a key chain.
+/// A slot number in the slab.
 pub(crate) type Slot = u32;
-const NONE: Slot = Slot::MAX;
 
 /// The key and meta of one version of a presence, shared between the state,
 /// the deltas and the diffs that mention it, so none of them copies it.
@@ -44,7 +45,8 @@ pub(crate) struct Entry<M> {
     pub(crate) dot: u64,
     /// The counter of the presence's original track.
     pub(crate) pid: u64,
-    next_in_key: Slot,
+    /// The hash of `(topic, key)` in the key index.
+    key_hash: u32,
     topic_pos: u32,
 }
 
@@ -67,8 +69,8 @@ struct TopicSlot {
 #[derive(Clone, Debug)]
 pub(crate) struct Store<M> {
     slots: Slab<Entry<M>>,
-    by_key: HashTable<Slot>,
-    by_dot: Vec<HashTable<Slot>>,
+    by_key: SlotIndex,
+    by_dot: Vec<SlotIndex>,
     topics: Slab<TopicSlot>,
     topic_ids: HashMap<Topic, u32>,
     hasher: DefaultHashBuilder,
@@ -78,7 +80,7 @@ impl<M> Default for Store<M> {
     fn default() -> Self {
         Self {
             slots: Slab::default(),
-            by_key: HashTable::new(),
+            by_key: SlotIndex::default(),
             by_dot: Vec::new(),
             topics: Slab::default(),
             topic_ids: HashMap::default(),
@@ -87,12 +89,18 @@ impl<M> Default for Store<M> {
     }
 }
 
-fn key_hash(hasher: &DefaultHashBuilder, topic: u32, key: &str) -> u64 {
-    hasher.hash_one((topic, key))
+// Seeded hashes: peers choose dots and keys, and must not be able to make
+// them collide.
+fn fold(hash: u64) -> u32 {
+    (hash ^ (hash >> 32)) as u32
 }
 
-fn dot_hash(hasher: &DefaultHashBuilder, dot: u64) -> u64 {
-    hasher.hash_one(dot)
+fn key_hash(hasher: &DefaultHashBuilder, topic: u32, key: &str) -> u32 {
+    fold(hasher.hash_one((topic, key)))
+}
+
+fn dot_hash(hasher: &DefaultHashBuilder, dot: u64) -> u32 {
+    fold(hasher.hash_one(dot))
 }
 
 fn live<M>(slots: &Slab<Entry<M>>, slot: Slot) -> &Entry<M> {
@@ -175,36 +183,30 @@ impl<M> Store<M> {
     pub(crate) fn open_replica(&mut self, replica: u32) {
         let index = replica as usize;
         if self.by_dot.len() <= index {
-            self.by_dot.resize_with(index + 1, HashTable::new);
+            self.by_dot.resize_with(index + 1, SlotIndex::default);
         }
     }
 
     /// Frees the dot index of a replica that holds no entry any more.
     pub(crate) fn close_replica(&mut self, replica: u32) {
         debug_assert!(self.by_dot[replica as usize].is_empty());
-        self.by_dot[replica as usize] = HashTable::new();
+        self.by_dot[replica as usize] = SlotIndex::default();
     }
 
     /// Reserves room for `additional` entries of `replica`.
     pub(crate) fn reserve(&mut self, replica: u32, additional: usize) {
-        let hasher = &self.hasher;
-        let slots = &self.slots;
-        self.by_dot[replica as usize]
-            .reserve(additional, |&s| dot_hash(hasher, live(slots, s).dot));
-        self.by_key.reserve(additional, |&s| {
-            let e = live(slots, s);
-            key_hash(hasher, e.topic, e.payload.key.as_str())
-        });
+        self.by_dot[replica as usize].reserve(additional);
+        self.by_key.reserve(additional);
         self.slots.reserve(additional);
     }
 
     pub(crate) fn replica_len(&self, replica: u32) -> usize {
-        self.by_dot.get(replica as usize).map_or(0, HashTable::len)
+        self.by_dot.get(replica as usize).map_or(0, SlotIndex::len)
     }
 
     /// The slots of one replica's entries, in no particular order.
     pub(crate) fn replica_slots(&self, replica: u32) -> impl Iterator<Item = Slot> + '_ {
-        self.by_dot[replica as usize].iter().copied()
+        self.by_dot[replica as usize].iter()
     }
 
     /// The slots of one replica's entries, oldest dot first.
@@ -218,24 +220,22 @@ impl<M> Store<M> {
         let slots = &self.slots;
         self.by_dot
             .get(replica as usize)?
-            .find(dot_hash(&self.hasher, dot), |&s| live(slots, s).dot == dot)
-            .copied()
+            .find(dot_hash(&self.hasher, dot), |s| live(slots, s).dot == dot)
     }
 
-    /// The entries on `(topic, key)`, newest first.
-    pub(crate) fn key_chain(&self, topic: u32, key: &str) -> impl Iterator<Item = Slot> + '_ {
+    /// The entries on `(topic, key)`, in no particular order.
+    pub(crate) fn key_chain<'a>(
+        &'a self,
+        topic: u32,
+        key: &'a str,
+    ) -> impl Iterator<Item = Slot> + 'a {
         let slots = &self.slots;
-        let head = self
-            .by_key
-            .find(key_hash(&self.hasher, topic, key), |&s| {
+        self.by_key
+            .matches(key_hash(&self.hasher, topic, key))
+            .filter(move |&s| {
                 let e = live(slots, s);
                 e.topic == topic && e.payload.key.as_str() == key
             })
-            .copied();
-        std::iter::successors(head, move |&s| {
-            let next = live(slots, s).next_in_key;
-            (next != NONE).then_some(next)
-        })
     }
 
     /// Adds an entry; `visible` says whether its replica is shown.
@@ -246,48 +246,24 @@ impl<M> Store<M> {
             dot,
             pid,
         } = at;
-        let topic_pos = self.topic(topic).members.len() as u32;
-        let entry = Entry {
+        let key_hash = key_hash(&self.hasher, topic, payload.key.as_str());
+        let topic_slot = self.topics.get_mut(topic);
+        let topic_pos = topic_slot.members.len() as u32;
+        let slot = self.slots.insert(Entry {
             payload,
             topic,
             replica,
             dot,
             pid,
-            next_in_key: NONE,
+            key_hash,
             topic_pos,
-        };
-        let slot = self.slots.insert(entry);
-        let hasher = &self.hasher;
-        let slots = &mut self.slots;
-        self.by_dot[replica as usize].insert_unique(dot_hash(hasher, dot), slot, |&s| {
-            dot_hash(hasher, live(slots, s).dot)
         });
-        let key_str = live(slots, slot).payload.key.as_str();
-        let hash = key_hash(hasher, topic, key_str);
-        let same_key = |&s: &Slot| {
-            let e = live(slots, s);
-            e.topic == topic && e.payload.key.as_str() == key_str
-        };
-        let rehash = |&s: &Slot| {
-            let e = live(slots, s);
-            key_hash(hasher, e.topic, e.payload.key.as_str())
-        };
-        // The new entry heads its key's chain.
-        let previous = match self.by_key.entry(hash, same_key, rehash) {
-            hash_table::Entry::Occupied(mut head) => Some(std::mem::replace(head.get_mut(), slot)),
-            hash_table::Entry::Vacant(vacant) => {
-                vacant.insert(slot);
-                None
-            }
-        };
-        if let Some(previous) = previous {
-            live_mut(slots, slot).next_in_key = previous;
-        }
-        let topic_slot = self.topic_mut(topic);
         topic_slot.members.push(slot);
         if visible {
             topic_slot.visible += 1;
         }
+        self.by_dot[replica as usize].insert(dot_hash(&self.hasher, dot), slot);
+        self.by_key.insert(key_hash, slot);
         slot
     }
 
@@ -306,12 +282,8 @@ impl<M> Store<M> {
         let old_dot = std::mem::replace(&mut entry.dot, dot);
         let old_payload = std::mem::replace(&mut entry.payload, payload);
         let table = &mut self.by_dot[replica];
-        if let Ok(found) = table.find_entry(dot_hash(hasher, old_dot), |&s| s == slot) {
-            found.remove();
-        }
-        table.insert_unique(dot_hash(hasher, dot), slot, |&s| {
-            dot_hash(hasher, live(slots, s).dot)
-        });
+        table.remove(dot_hash(hasher, old_dot), slot);
+        table.insert(dot_hash(hasher, dot), slot);
         (old_dot, old_payload)
     }
 
@@ -319,68 +291,26 @@ impl<M> Store<M> {
     /// itself is released when this was its last entry); `visible` says
     /// whether its replica is shown.
     pub(crate) fn remove(&mut self, slot: Slot, visible: bool) -> (Entry<M>, Topic) {
-        let hasher = &self.hasher;
-        let slots = &mut self.slots;
-        let (replica, topic, dot, next, topic_pos) = {
-            let e = live(slots, slot);
-            (e.replica, e.topic, e.dot, e.next_in_key, e.topic_pos)
-        };
-        if let Ok(found) =
-            self.by_dot[replica as usize].find_entry(dot_hash(hasher, dot), |&s| s == slot)
-        {
-            found.remove();
-        }
-        let key_str = live(slots, slot).payload.key.as_str();
-        let hash = key_hash(hasher, topic, key_str);
-        let head = self
-            .by_key
-            .find(hash, |&s| {
-                let e = live(slots, s);
-                e.topic == topic && e.payload.key.as_str() == key_str
-            })
-            .copied();
-        match head {
-            Some(head) if head == slot => {
-                // The chain's head is found by its slot number from here on.
-                if next == NONE {
-                    if let Ok(found) = self.by_key.find_entry(hash, |&s| s == slot) {
-                        found.remove();
-                    }
-                } else if let Some(head) = self.by_key.find_mut(hash, |&s| s == slot) {
-                    *head = next;
-                }
-            }
-            Some(mut previous) => loop {
-                let after = live(slots, previous).next_in_key;
-                if after == slot {
-                    live_mut(slots, previous).next_in_key = next;
-                    break;
-                }
-                if after == NONE {
-                    debug_assert!(false, "an entry is on its key chain");
-                    break;
-                }
-                previous = after;
-            },
-            None => debug_assert!(false, "an entry has a key chain"),
-        }
-        let topic_slot = self.topic_mut(topic);
-        topic_slot.members.swap_remove(topic_pos as usize);
+        let entry = self.slots.remove(slot);
+        let removed = self.by_dot[entry.replica as usize]
+            .remove(dot_hash(&self.hasher, entry.dot), slot)
+            && self.by_key.remove(entry.key_hash, slot);
+        debug_assert!(removed, "an entry is in both hash indexes");
+        let topic_slot = self.topics.get_mut(entry.topic);
+        topic_slot.members.swap_remove(entry.topic_pos as usize);
         if visible {
             topic_slot.visible -= 1;
         }
-        let emptied = topic_slot.members.is_empty();
-        if let Some(&moved) = topic_slot.members.get(topic_pos as usize) {
-            live_mut(&mut self.slots, moved).topic_pos = topic_pos;
+        if let Some(&moved) = topic_slot.members.get(entry.topic_pos as usize) {
+            self.slots.get_mut(moved).topic_pos = entry.topic_pos;
         }
-        let name = if emptied {
-            let name = self.topics.remove(topic).name;
+        let name = if topic_slot.members.is_empty() {
+            let name = self.topics.remove(entry.topic).name;
             self.topic_ids.remove(name.as_str());
             name
         } else {
-            self.topic_name(topic).clone()
+            topic_slot.name.clone()
         };
-        let entry = self.slots.remove(slot);
         (entry, name)
     }
 }
