@@ -39,6 +39,13 @@ impl CounterSet {
         set
     }
 
+    /// The set of one counter.
+    pub(crate) fn single(counter: u64) -> Self {
+        Self {
+            ranges: SmallVec::from_buf([(counter, counter)]),
+        }
+    }
+
     /// Whether no counter is known.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()

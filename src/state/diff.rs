@@ -170,6 +170,22 @@ impl<M> Default for Diff<M> {
 }
 
 impl<M> Diff<M> {
+    /// The diff of one join.
+    pub(crate) fn one_join(topic: Topic, presence: Presence<M>) -> Self {
+        Self {
+            topics: SmallVec::from_buf([(
+                topic,
+                TopicDiff {
+                    joins: SmallVec::from_buf([presence]),
+                    leaves: SmallVec::new(),
+                    updates: SmallVec::new(),
+                },
+            )]),
+            undecodable: 0,
+            refused: 0,
+        }
+    }
+
     /// Whether the operation changed nothing visible.
     pub fn is_empty(&self) -> bool {
         self.topics.is_empty()

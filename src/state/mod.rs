@@ -46,6 +46,7 @@ use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
 use slab::Slab;
+use smallvec::SmallVec;
 use store::{Payload, Place, Store};
 
 /// What a presence's metadata must be: cloneable, comparable, and encodable
@@ -281,23 +282,28 @@ impl<M: Meta> State<M> {
             pid: counter,
         };
         self.store.insert(at, payload.clone(), true);
-        let id = PresenceId::new(self.replica().clone(), counter);
-        let mut part = Part::new(self.replica().clone());
-        part.context.insert(counter);
-        part.entries.push(PartEntry {
+        let replica = self.replica().clone();
+        let id = PresenceId::new(replica.clone(), counter);
+        let entry = PartEntry {
             dot: counter,
             pid: counter,
             topic: 0,
             payload: payload.clone(),
-        });
-        let mut diff = DiffBuilder::new();
-        diff.join(&topic, Presence::new(id.clone(), counter, payload));
-        let delta = Delta::of_part([topic], part);
+        };
+        // Built in place: a change is a few hundred bytes, and moving its
+        // pieces into it one by one copied them several times over.
         Ok((
-            id,
+            id.clone(),
             Change {
-                delta,
-                diff: diff.finish(),
+                delta: Delta {
+                    topics: SmallVec::from_buf([topic.clone()]),
+                    parts: SmallVec::from_buf([Part {
+                        context: CounterSet::single(counter),
+                        entries: SmallVec::from_buf([entry]),
+                        ..Part::new(replica)
+                    }]),
+                },
+                diff: Diff::one_join(topic, Presence::new(id, counter, payload)),
             },
         ))
     }
@@ -340,7 +346,8 @@ impl<M: Meta> State<M> {
 
     /// Removes one of this replica's presences.
     pub fn untrack(&mut self, id: &PresenceId) -> Result<Change<M>, StateError> {
-        self.untrack_many(std::slice::from_ref(id))
+        let slot = self.own_slot(id)?;
+        Ok(self.remove_own(&mut [slot]))
     }
 
     /// Removes several of this replica's presences at once, such as
@@ -353,12 +360,12 @@ impl<M: Meta> State<M> {
             .collect::<Result<Vec<_>, _>>()?;
         slots.sort_unstable();
         slots.dedup();
-        Ok(self.remove_own(slots))
+        Ok(self.remove_own(&mut slots))
     }
 
     /// Removes every presence this replica holds under `key` on `topic`.
     pub fn untrack_key(&mut self, topic: &str, key: &str) -> Change<M> {
-        let slots: Vec<_> = match self.store.topic_index(topic) {
+        let mut slots: Vec<_> = match self.store.topic_index(topic) {
             Some(t) => self
                 .store
                 .key_chain(t, key)
@@ -366,15 +373,21 @@ impl<M: Meta> State<M> {
                 .collect(),
             None => Vec::new(),
         };
-        self.remove_own(slots)
+        self.remove_own(&mut slots)
     }
 
-    fn remove_own(&mut self, mut slots: Vec<store::Slot>) -> Change<M> {
+    fn remove_own(&mut self, slots: &mut [store::Slot]) -> Change<M> {
         // Oldest first, so counters follow the order of the presences.
         slots.sort_by_key(|&s| self.store.entry(s).dot);
-        let mut part = Part::new(self.replica().clone());
+        // Removals name dots only: the delta needs no topic. Built in place,
+        // as in `track`.
+        let mut delta = Delta {
+            topics: SmallVec::new(),
+            parts: SmallVec::from_buf([Part::new(self.replica().clone())]),
+        };
+        let part = &mut delta.parts[0];
         let mut diff = DiffBuilder::new();
-        for slot in slots {
+        for &slot in slots.iter() {
             let counter = self.next_counter();
             let (old, topic) = self.store.remove(slot, true);
             self.moved.remove(&old.pid);
@@ -389,9 +402,11 @@ impl<M: Meta> State<M> {
             let id = PresenceId::new(self.replica().clone(), old.pid);
             diff.leave(&topic, Presence::new(id, old.dot, old.payload));
         }
-        // Removals name dots only: the delta needs no topic.
+        if part.is_empty() {
+            delta.parts.clear();
+        }
         Change {
-            delta: Delta::of_part([], part),
+            delta,
             diff: diff.finish(),
         }
     }

@@ -57,13 +57,17 @@ impl ReplicaSlot {
             let below = self.log.partition_point(|r| r.event <= floor);
             self.log.drain(..below);
         }
-        for &removal in removals {
-            self.insert(removal);
+        if !removals.is_empty() {
+            for &removal in removals {
+                self.insert(removal);
+            }
+            self.truncate(capacity);
         }
-        self.truncate(capacity);
         self.context.union(context);
-        self.dead.union(dead);
-        self.dead.subtract(&self.context);
+        if !(dead.is_empty() && self.dead.is_empty()) {
+            self.dead.union(dead);
+            self.dead.subtract(&self.context);
+        }
     }
 
     /// Removals of events above `since`, oldest first.
