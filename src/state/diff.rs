@@ -301,6 +301,11 @@ impl<M> DiffBuilder<M> {
         &mut self.diff.topics[i].1
     }
 
+    /// Reserves room for `additional` more joins at `place`.
+    pub(crate) fn reserve_joins(&mut self, place: usize, additional: usize) {
+        self.diff.topics[place].1.joins.reserve(additional);
+    }
+
     /// Adds a join to the topic at `place`, from [`DiffBuilder::place`].
     pub(crate) fn join_at(&mut self, place: usize, presence: Presence<M>) {
         self.diff.topics[place].1.joins.push(presence);

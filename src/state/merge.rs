@@ -333,10 +333,19 @@ impl<M: Meta> State<M> {
         }
         diff.count_undecodable(part.undecodable);
         diff.count_refused(plan.refused);
+        let entries = std::mem::take(&mut part.entries);
+        // A large merge sizes the tables, the topics' member lists and the
+        // diff once, rather than growing them step by step.
+        let mut per_topic: SmallVec<[usize; 4]> = SmallVec::new();
         if plan.fresh > 64 {
             self.store.reserve(r, plan.fresh);
+            per_topic = SmallVec::from_elem(0, topics.len());
+            for (i, replaces) in plan.additions.iter(entries.len()) {
+                if replaces.is_none() {
+                    per_topic[entries[i].topic as usize] += 1;
+                }
+            }
         }
-        let entries = std::mem::take(&mut part.entries);
         let mut additions = plan.additions.iter(entries.len()).peekable();
         // The delta's topics, interned here as they are first needed, with
         // their place in the diff. No topic is released while entries are
@@ -361,9 +370,17 @@ impl<M: Meta> State<M> {
                         Some(known) => known,
                         None => {
                             let topic = self.store.intern_topic(&topics[e.topic as usize]);
+                            let coming = per_topic.get(e.topic as usize).copied();
+                            if let Some(coming) = coming {
+                                self.store.reserve_members(topic, coming);
+                            }
                             // Hidden replicas report nothing: no place.
                             let in_diff = if visible {
-                                diff.place(self.store.topic_name(topic))
+                                let place = diff.place(self.store.topic_name(topic));
+                                if let Some(coming) = coming {
+                                    diff.reserve_joins(place, coming);
+                                }
+                                place
                             } else {
                                 usize::MAX
                             };

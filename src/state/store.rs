@@ -200,6 +200,11 @@ impl<M> Store<M> {
         self.slots.reserve(additional);
     }
 
+    /// Reserves room for `additional` more members of `topic`.
+    pub(crate) fn reserve_members(&mut self, topic: u32, additional: usize) {
+        self.topics.get_mut(topic).members.reserve(additional);
+    }
+
     pub(crate) fn replica_len(&self, replica: u32) -> usize {
         self.by_dot.get(replica as usize).map_or(0, SlotIndex::len)
     }
