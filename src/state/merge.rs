@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 use super::diff::DiffBuilder;
 use super::lifecycle::PurgeReason;
 use super::replica::ReplicaSlot;
-use super::store::{Place, Slot};
+use super::store::{Pending, Place, Slot};
 use super::{
     Delta, Diff, Incarnation, Meta, Part, PartEntry, Presence, PresenceId, ReplicaId, State,
     StateError, Topic, Update,
@@ -337,7 +337,9 @@ impl<M: Meta> State<M> {
         // A large merge sizes the tables, the topics' member lists and the
         // diff once, rather than growing them step by step.
         let mut per_topic: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut pending = None;
         if plan.fresh > 64 {
+            pending = Some(Pending::default());
             self.store.reserve(r, plan.fresh);
             per_topic = SmallVec::from_elem(0, topics.len());
             for (i, replaces) in plan.additions.iter(entries.len()) {
@@ -395,14 +397,22 @@ impl<M: Meta> State<M> {
                         pid: e.pid,
                     };
                     if visible {
-                        self.store.insert(at, e.payload.clone(), true);
                         let pid = PresenceId::new(id.clone(), e.pid);
-                        diff.join_at(in_diff, Presence::new(pid, e.dot, e.payload));
-                    } else {
-                        self.store.insert(at, e.payload, false);
+                        diff.join_at(in_diff, Presence::new(pid, e.dot, e.payload.clone()));
+                    }
+                    match &mut pending {
+                        Some(pending) => {
+                            self.store.insert_unindexed(at, e.payload, visible, pending);
+                        }
+                        None => {
+                            self.store.insert(at, e.payload, visible);
+                        }
                     }
                 }
             }
+        }
+        if let Some(pending) = pending {
+            self.store.index(r, pending);
         }
         let capacity = self.limits.removal_log();
         self.slot_mut(r).absorb(

@@ -59,6 +59,13 @@ pub(crate) struct Place {
     pub(crate) pid: u64,
 }
 
+/// Hash index entries waiting to be added together.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    dots: Vec<(u32, Slot)>,
+    keys: Vec<(u32, Slot)>,
+}
+
 #[derive(Clone, Debug)]
 struct TopicSlot {
     name: Topic,
@@ -245,6 +252,43 @@ impl<M> Store<M> {
 
     /// Adds an entry; `visible` says whether its replica is shown.
     pub(crate) fn insert(&mut self, at: Place, payload: Arc<Payload<M>>, visible: bool) -> Slot {
+        let (slot, dot_hash, key_hash) = self.place_entry(at, payload, visible);
+        self.by_dot[at.replica as usize].insert(dot_hash, slot);
+        self.by_key.insert(key_hash, slot);
+        slot
+    }
+
+    /// [`Store::insert`] for one entry of a large merge: its hash index
+    /// entries wait in `pending` for [`Store::index`], which adds them all
+    /// at once. Until then the entry is not found by dot or by key.
+    pub(crate) fn insert_unindexed(
+        &mut self,
+        at: Place,
+        payload: Arc<Payload<M>>,
+        visible: bool,
+        pending: &mut Pending,
+    ) -> Slot {
+        let (slot, dot_hash, key_hash) = self.place_entry(at, payload, visible);
+        pending.dots.push((dot_hash, slot));
+        pending.keys.push((key_hash, slot));
+        slot
+    }
+
+    /// Adds the index entries of the entries of `replica` inserted by
+    /// [`Store::insert_unindexed`].
+    pub(crate) fn index(&mut self, replica: u32, pending: Pending) {
+        self.by_dot[replica as usize].insert_many(&pending.dots);
+        self.by_key.insert_many(&pending.keys);
+    }
+
+    /// Puts an entry in the slab and its topic's members; returns its slot
+    /// and its hashes by dot and by key.
+    fn place_entry(
+        &mut self,
+        at: Place,
+        payload: Arc<Payload<M>>,
+        visible: bool,
+    ) -> (Slot, u32, u32) {
         let Place {
             replica,
             topic,
@@ -267,9 +311,7 @@ impl<M> Store<M> {
         if visible {
             topic_slot.visible += 1;
         }
-        self.by_dot[replica as usize].insert(dot_hash(&self.hasher, dot), slot);
-        self.by_key.insert(key_hash, slot);
-        slot
+        (slot, dot_hash(&self.hasher, dot), key_hash)
     }
 
     /// Gives an entry a new version in place; returns the old dot and
