@@ -192,7 +192,12 @@ impl<M: Meta> State<M> {
         // Entries new here. One that comes with the removal of another
         // version of the same presence is an update of it: pair them, and
         // take the paired slot out of `removals`.
-        let mut gone = Gone::new(&removals);
+        // Only entries can pair with removals (a leave carries none).
+        let mut gone = if part.entries.is_empty() {
+            Gone::Few(SmallVec::new())
+        } else {
+            Gone::new(&removals)
+        };
         let mut paired = false;
         let mut additions = SmallVec::new();
         let slot = self.slot(r);

@@ -64,7 +64,10 @@ impl ReplicaSlot {
             self.truncate(capacity);
         }
         self.context.union(context);
-        if !(dead.is_empty() && self.dead.is_empty()) {
+        // Dead dots whose events are known are no news (a leave's dot
+        // usually is): only the rest waits in `dead`.
+        let nothing_waits = self.dead.is_empty() && self.context.is_superset(dead);
+        if !nothing_waits {
             self.dead.union(dead);
             self.dead.subtract(&self.context);
         }
