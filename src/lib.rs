@@ -50,6 +50,7 @@
 //! |---|---|---|
 //! | `runtime` | yes | the tokio [`Tracker`], its guards and subscriptions, and the [`transport`]s: in-memory and the authenticated TCP mesh |
 //! | `tls` | no | TLS (rustls, `ring` provider) under the TCP mesh: `transport::tls` and `TrackerBuilder::tls` |
+//! | `nats` | no | a NATS broker transport (`async-nats`): `transport::nats` and `TrackerBuilder::nats` |
 //! | `crdts` | no | `crdts::CvRDT` and `crdts::CmRDT` for [`State`], to plug into code written against those traits |
 //!
 //! Without `runtime`, the crate is the state, protocol and wire layers

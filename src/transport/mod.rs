@@ -3,10 +3,13 @@
 //!
 //! Two are built in: [`MemoryNetwork`] for many replicas in one process (and
 //! for tests, with cuts and partitions), and [`tcp`], an authenticated TCP
-//! mesh, encrypted with TLS under the `tls` feature (module `tls`). Sockets live
-//! here and nowhere else.
+//! mesh, encrypted with TLS under the `tls` feature (module `tls`). The
+//! `nats` feature adds a third, module `nats`: the replicas meet on a NATS
+//! broker. Sockets live here and nowhere else.
 
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod tcp;
 #[cfg(feature = "tls")]
 pub mod tls;
@@ -31,6 +34,9 @@ pub use memory::{MemoryNetwork, MemoryTransport};
 pub enum TransportStats {
     /// The TCP mesh's: traffic, handshakes, refusals, drops.
     Tcp(tcp::TcpStats),
+    /// The NATS transport's: the broker link, traffic, refusals, drops.
+    #[cfg(feature = "nats")]
+    Nats(nats::NatsStats),
 }
 
 /// Reads a transport's counters from any thread while the transport runs
@@ -98,6 +104,11 @@ pub enum TransportError {
     #[cfg(feature = "tls")]
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The NATS transport could not start: credentials refused, no server
+    /// reachable, TLS failing, subjects this replica may not use.
+    #[cfg(feature = "nats")]
+    #[error(transparent)]
+    Nats(#[from] nats::NatsError),
 }
 
 /// Carries messages between replicas.
