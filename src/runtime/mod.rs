@@ -113,6 +113,8 @@ pub struct TrackerBuilder<M> {
     incarnation: Option<Incarnation>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsConfig>,
+    #[cfg(feature = "nats")]
+    nats: Option<crate::transport::nats::NatsConfig>,
     meta: PhantomData<fn() -> M>,
 }
 
@@ -130,6 +132,8 @@ impl<M> std::fmt::Debug for TrackerBuilder<M> {
             .field("incarnation", &self.incarnation);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
+        #[cfg(feature = "nats")]
+        d.field("nats", &self.nats);
         d.finish()
     }
 }
@@ -179,6 +183,17 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         self
     }
 
+    /// Runs the tracker over a NATS broker instead of the TCP mesh (the
+    /// `nats` feature): [`start`](Self::start) connects to the servers of
+    /// `config` and needs no listen address. The cluster
+    /// [`secret`](Self::secret) keys the MAC every message carries, unless
+    /// `config` has its own or turns the MAC off.
+    #[cfg(feature = "nats")]
+    pub fn nats(mut self, config: crate::transport::nats::NatsConfig) -> Self {
+        self.nats = Some(config);
+        self
+    }
+
     /// The protocol's periods and bounds (default: [`Config::default`]).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -209,17 +224,25 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
 
     /// Starts the tracker over the authenticated TCP mesh: it listens on
     /// [`listen`](Self::listen) and connects to the [`peers`](Self::peers).
+    /// With [`nats`](Self::nats), over the NATS broker instead.
     ///
     /// # Errors
     ///
     /// A missing listen address or secret, an invalid name or
-    /// configuration, or a listener that cannot bind.
+    /// configuration, or a listener that cannot bind; over NATS, refused
+    /// credentials or permissions, or no server reachable.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime (it spawns the tracker's task).
-    pub async fn start(self) -> Result<Tracker<M>, StartError> {
+    pub async fn start(
+        #[cfg_attr(not(feature = "nats"), allow(unused_mut))] mut self,
+    ) -> Result<Tracker<M>, StartError> {
         use crate::transport::tcp::{TAG_LEN, TcpConfig, TcpTransport};
+        #[cfg(feature = "nats")]
+        if let Some(nats) = self.nats.take() {
+            return self.start_nats(nats).await;
+        }
         let listen = self.listen.ok_or(StartError::Missing("listen address"))?;
         let keyring = match (&self.keyring, &self.secret) {
             (Some(ring), _) => ring.clone(),
@@ -265,6 +288,68 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
         let id = self.replica_id()?;
         let transport = transport(id.clone());
         self.launch(id, transport)
+    }
+
+    /// Starts the tracker over a transport that needs async setup
+    /// (connecting to a broker, say), made from this replica's id.
+    ///
+    /// ```
+    /// use attendance::Tracker;
+    /// use attendance::transport::MemoryNetwork;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), attendance::StartError> {
+    /// let network = MemoryNetwork::new();
+    /// let a: Tracker<String> = Tracker::builder("a")
+    ///     .start_with_async(|id| async { Ok(network.join(id)) })
+    ///     .await?;
+    /// # a.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An invalid name or configuration, or the transport's own error.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`start_with`](Self::start_with).
+    pub async fn start_with_async<T, F, Fut>(self, transport: F) -> Result<Tracker<M>, StartError>
+    where
+        T: Transport,
+        F: FnOnce(ReplicaId) -> Fut,
+        Fut: std::future::Future<Output = Result<T, TransportError>>,
+    {
+        self.config.validate()?;
+        let id = self.replica_id()?;
+        let transport = transport(id.clone()).await?;
+        self.launch(id, transport)
+    }
+
+    #[cfg(feature = "nats")]
+    async fn start_nats(
+        self,
+        mut nats: crate::transport::nats::NatsConfig,
+    ) -> Result<Tracker<M>, StartError> {
+        use crate::transport::nats::NatsTransport;
+        if nats.message_auth() && !nats.has_secret() {
+            match (&self.secret, &self.keyring) {
+                (Some(secret), _) => nats = nats.with_secret(secret.clone()),
+                (None, Some(_)) => {
+                    return Err(TransportError::Unsupported(
+                        "keyrings (give the cluster secret with `secret`)",
+                    )
+                    .into());
+                }
+                (None, None) => return Err(StartError::Missing("secret")),
+            }
+        }
+        // A message the protocol may send is one the transport carries.
+        nats.max_message_bytes = self.config.max_message_bytes;
+        nats.max_reassembly_bytes = nats.max_reassembly_bytes.max(nats.max_message_bytes);
+        self.start_with_async(|id| NatsTransport::connect(nats, id))
+            .await
     }
 
     fn replica_id(&self) -> Result<ReplicaId, StartError> {
@@ -372,7 +457,7 @@ pub struct TrackerMetrics {
     /// Visible presences per topic.
     pub presences: BTreeMap<String, usize>,
     /// The transport's own counters, when it keeps any (the TCP mesh does:
-    /// [`TransportStats::Tcp`]).
+    /// [`TransportStats::Tcp`]; so does NATS, under the `nats` feature).
     pub transport: Option<TransportStats>,
 }
 
@@ -391,6 +476,8 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             incarnation: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "nats")]
+            nats: None,
             meta: PhantomData,
         }
     }
