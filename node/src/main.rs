@@ -18,6 +18,22 @@
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
 //!
+//! With `--nats URL` (repeat it for the nodes of a NATS cluster) the
+//! replica meets its peers on a NATS broker instead of the mesh, and needs
+//! no `--listen` or `--peer`:
+//!
+//! ```text
+//! attendance-node --name n1 --nats nats://10.0.0.5:4222 --nats nats://10.0.0.6:4222 \
+//!     --nats-user n1 --nats-password-env NATS_PASSWORD --secret-env ATTENDANCE_SECRET
+//! ```
+//!
+//! The broker credentials are `--nats-user` with `--nats-password-env`,
+//! `--nats-token-env`, `--nats-nkey-env` (an NKey seed) or `--nats-creds`
+//! (a `.creds` file); `--nats-tls-ca`, `--nats-tls-cert` and
+//! `--nats-tls-key` set up TLS to the server. The cluster secret keys a MAC
+//! on every message; `--nats-no-mac` turns it off and trusts the broker's
+//! permissions alone.
+//!
 //! With `--tls-ca`, `--tls-cert` and `--tls-key` (PEM files), links are
 //! encrypted with mutual TLS: this replica presents its certificate and
 //! accepts only peers whose certificates the authority signed. Every
@@ -32,6 +48,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use attendance::protocol::{Config, MessageKind};
+use attendance::transport::nats::{NatsAuth, NatsConfig, NatsTls};
 use attendance::transport::tls::TlsConfig;
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 use clap::Parser;
@@ -44,12 +61,51 @@ struct Args {
     /// The replica's name, unique in the cluster.
     #[arg(long)]
     name: String,
-    /// The address to accept peers on.
-    #[arg(long)]
-    listen: SocketAddr,
+    /// The address to accept peers on (the TCP mesh).
+    #[arg(long, required_unless_present = "nats", conflicts_with = "nats")]
+    listen: Option<SocketAddr>,
     /// A peer's address; repeat for several.
-    #[arg(long = "peer")]
+    #[arg(long = "peer", conflicts_with = "nats")]
     peers: Vec<SocketAddr>,
+    /// A NATS server URL to meet peers on instead of the mesh; repeat for
+    /// the nodes of a NATS cluster.
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Vec<String>,
+    /// The NATS user (with --nats-password-env).
+    #[arg(long, requires_all = ["nats", "nats_password_env"])]
+    nats_user: Option<String>,
+    /// The environment variable holding the NATS user's password.
+    #[arg(long, requires = "nats_user")]
+    nats_password_env: Option<String>,
+    /// The environment variable holding a NATS token.
+    #[arg(long, requires = "nats", conflicts_with_all = ["nats_user", "nats_nkey_env", "nats_creds"])]
+    nats_token_env: Option<String>,
+    /// The environment variable holding an NKey seed (SU…).
+    #[arg(long, requires = "nats", conflicts_with_all = ["nats_user", "nats_creds"])]
+    nats_nkey_env: Option<String>,
+    /// A NATS credentials file (user JWT and NKey seed).
+    #[arg(long, requires = "nats", conflicts_with = "nats_user")]
+    nats_creds: Option<PathBuf>,
+    /// Certificate authorities (PEM) to trust for TLS to the NATS server;
+    /// also turns TLS on.
+    #[arg(long, requires = "nats")]
+    nats_tls_ca: Option<PathBuf>,
+    /// This replica's certificate (PEM) for TLS to the NATS server.
+    #[arg(long, requires_all = ["nats", "nats_tls_key"])]
+    nats_tls_cert: Option<PathBuf>,
+    /// This replica's private key (PEM) for TLS to the NATS server.
+    #[arg(long, requires = "nats_tls_cert")]
+    nats_tls_key: Option<PathBuf>,
+    /// The first token(s) of every NATS subject.
+    #[arg(long, default_value = "attendance", requires = "nats")]
+    nats_prefix: String,
+    /// The cluster's name on the broker (one subject token).
+    #[arg(long, default_value = "default", requires = "nats")]
+    nats_cluster: String,
+    /// Sends messages over NATS without the MAC over the cluster secret:
+    /// the broker's permissions alone say who may speak as whom.
+    #[arg(long, requires = "nats", conflicts_with_all = ["secret", "secret_env"])]
+    nats_no_mac: bool,
     /// The cluster secret: at least 32 random bytes (a key, not a
     /// passphrase; e.g. `openssl rand -base64 32`). Prefer --secret-env: a
     /// command line is visible to other users of the machine.
@@ -68,7 +124,7 @@ struct Args {
     #[arg(long = "track")]
     tracks: Vec<String>,
     /// The certificate authority of the cluster (PEM), for TLS.
-    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, requires_all = ["tls_cert", "tls_key"], conflicts_with = "nats")]
     tls_ca: Option<PathBuf>,
     /// This replica's certificate chain (PEM), for TLS.
     #[arg(long, requires_all = ["tls_ca", "tls_key"])]
@@ -86,8 +142,47 @@ fn secret(args: &Args) -> Result<String, String> {
     match (&args.secret, &args.secret_env) {
         (Some(s), _) => Ok(s.clone()),
         (None, Some(var)) => std::env::var(var).map_err(|_| format!("{var} is not set")),
-        (None, None) => Err("give --secret or --secret-env".into()),
+        (None, None) => Err("give --secret or --secret-env (or --nats-no-mac with --nats)".into()),
     }
+}
+
+fn env(var: &str) -> Result<String, String> {
+    std::env::var(var).map_err(|_| format!("{var} is not set"))
+}
+
+fn nats(args: &Args) -> Result<NatsConfig, String> {
+    let mut config = NatsConfig::new(args.nats.iter().cloned());
+    config.auth = match (
+        &args.nats_user,
+        &args.nats_password_env,
+        &args.nats_token_env,
+        &args.nats_nkey_env,
+        &args.nats_creds,
+    ) {
+        (Some(user), Some(password), ..) => NatsAuth::UserPassword {
+            user: user.clone(),
+            password: env(password)?,
+        },
+        (_, _, Some(token), ..) => NatsAuth::Token(env(token)?),
+        (_, _, _, Some(seed), _) => NatsAuth::NKey(env(seed)?),
+        (.., Some(creds)) => NatsAuth::CredsFile(creds.clone()),
+        _ => NatsAuth::None,
+    };
+    let mut tls = None;
+    if let Some(ca) = &args.nats_tls_ca {
+        tls = Some(NatsTls::new().with_root_certificates(ca));
+    }
+    if let (Some(cert), Some(key)) = (&args.nats_tls_cert, &args.nats_tls_key) {
+        tls = Some(tls.unwrap_or_default().with_client_certificate(cert, key));
+    }
+    config.tls = tls;
+    config.prefix = args.nats_prefix.clone();
+    config.cluster = args.nats_cluster.clone();
+    Ok(if args.nats_no_mac {
+        config.without_message_auth()
+    } else {
+        config
+    })
 }
 
 fn tls(args: &Args) -> Result<Option<TlsConfig>, String> {
@@ -123,20 +218,26 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let secret = secret(&args)?;
     let config = Config::with_broadcast_period(Duration::from_millis(args.broadcast_ms.max(1)));
-    let mut builder = Tracker::builder(&args.name)
-        .listen(args.listen)
-        .peers(args.peers.iter().copied())
-        .secret(secret)
-        .config(config);
-    if let Some(tls) = tls(&args)? {
-        builder = builder.tls(tls);
+    let mut builder = Tracker::builder(&args.name).config(config);
+    if !args.nats_no_mac {
+        builder = builder.secret(secret(&args)?);
+    }
+    if args.nats.is_empty() {
+        if let Some(listen) = args.listen {
+            builder = builder.listen(listen);
+        }
+        builder = builder.peers(args.peers.iter().copied());
+        if let Some(tls) = tls(&args)? {
+            builder = builder.tls(tls);
+        }
+    } else {
+        builder = builder.nats(nats(&args)?);
     }
     let tracker: Tracker<String> = builder.start().await.map_err(|e| e.to_string())?;
     let addr = tracker
         .local_addr()
-        .map_or_else(String::new, |a| a.to_string());
+        .map_or_else(|| "nats".to_string(), |a| a.to_string());
     println!("ready {} {addr}", tracker.id());
 
     for topic in &args.topics {
