@@ -32,7 +32,7 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "cannot run nats-server: not in NATS_SERVER_BIN, /usr/sbin or PATH{}; \
-                 install it: apt-get update && apt-get install -y nats-server",
+                 `cargo xtask test` installs it (apt-get install -y nats-server)",
                 if std::env::var("CI").as_deref() == Ok("true") {
                     " (CI=true: a missing server fails the tests)"
                 } else {
@@ -186,7 +186,7 @@ fn spawn(dir: &Path, port: &str, args: &[String]) -> (Child, Ports) {
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
-                "cannot run {}: {e}; install it: apt-get update && apt-get install -y nats-server",
+                "cannot run {}: {e}; `cargo xtask test` installs it (apt-get install -y nats-server)",
                 bin.display()
             )
         });
