@@ -18,6 +18,8 @@ mod lifecycle;
 mod limits;
 mod merge;
 mod replica;
+#[cfg(feature = "runtime")]
+mod sharding;
 mod slab;
 pub(crate) mod store;
 mod view;
@@ -42,6 +44,8 @@ pub(crate) use view::group_by_key;
 pub use view::{KeyGroup, KeyGroupRef, PresenceRef};
 
 pub(crate) use delta::{Part, PartEntry, Removal};
+#[cfg(feature = "runtime")]
+pub(crate) use sharding::HeldEntry;
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
