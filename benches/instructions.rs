@@ -141,7 +141,10 @@ fn count(figure: &str, size: usize, cache: bool) -> Counts {
     let events: Vec<&str> = field("events: ").split_whitespace().collect();
     let totals: Vec<u64> = text
         .lines()
-        .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
+        .find_map(|l| {
+            l.strip_prefix("summary: ")
+                .or_else(|| l.strip_prefix("totals: "))
+        })
         .expect("a summary line")
         .split_whitespace()
         .map(|n| n.parse().expect("a count"))
@@ -191,7 +194,9 @@ fn main() {
     };
     if std::env::var_os("ATTENDANCE_CALLGRIND_CHILD").is_some() {
         let figure = arg("--figure").expect("--figure NAME");
-        let size = arg("--size").and_then(|s| s.parse().ok()).expect("--size N");
+        let size = arg("--size")
+            .and_then(|s| s.parse().ok())
+            .expect("--size N");
         run(figure, size);
         return;
     }

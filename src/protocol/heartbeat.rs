@@ -27,12 +27,17 @@ pub(crate) struct BroadcastWork<M> {
     /// The changes, each with the counter its interval starts after.
     chunks: Vec<(u64, Delta<M>)>,
     sender: Option<ReplicaId>,
+    /// No peer is linked: nothing is encoded (peers that come catch up).
+    unheard: bool,
 }
 
 impl<M: Meta> BroadcastWork<M> {
     /// The interval messages, one per counter range, and the last counter
     /// they reach.
     pub(crate) fn encode(self) -> (u64, Vec<Vec<u8>>) {
+        if self.unheard {
+            return (self.to, Vec::new());
+        }
         let mut chunks = self.chunks;
         chunks.sort_by_key(|(after, _)| *after);
         let mut groups: Vec<(u64, Delta<M>)> = Vec::new();
@@ -85,6 +90,7 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
                 to,
                 chunks,
                 sender: self.named_sender(),
+                unheard: self.links.is_empty(),
             };
             if self.defer && !now {
                 self.work.push_back(Work::Broadcast(work));

@@ -62,17 +62,17 @@ pub use config::{Config, ConfigError};
 pub use message::MessageKind;
 pub use metrics::{KindCounters, Metrics};
 pub use remote::ReplicaStatus;
-pub use store::{LocalChanges, ReplicaStore};
 #[cfg(feature = "runtime")]
 pub(crate) use store::sealed::Sealed;
+pub use store::{LocalChanges, ReplicaStore};
 
 use crate::state::{
     Delta, Diff, Meta, PresenceId, PurgeReason, ReplicaId, State, StateError, encoded_meta_len,
 };
 use crate::wire::WireError;
-pub(crate) use catchup::{AnswerWork, ServeWork};
 #[cfg(feature = "runtime")]
 pub(crate) use catchup::Built;
+pub(crate) use catchup::{AnswerWork, ServeWork};
 pub(crate) use heartbeat::BroadcastWork;
 pub(crate) use message::Envelope;
 use message::Message;

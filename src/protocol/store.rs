@@ -5,8 +5,8 @@
 //! one means what the [`State`] method of the same name means.
 
 use crate::state::{
-    CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation,
-    ReplicaId, State, StateError,
+    CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation, ReplicaId,
+    State, StateError,
 };
 
 /// A store's own changes not broadcast yet (see

@@ -116,10 +116,7 @@ where
 fn refused<M: Meta>(driven: &mut Driven<M>, from: &ReplicaId, error: &dyn std::fmt::Display) {
     let (log, unlogged) = driven.refusal_log.take();
     if unlogged > 0 {
-        tracing::warn!(
-            unlogged,
-            "refused messages not logged in the last second"
-        );
+        tracing::warn!(unlogged, "refused messages not logged in the last second");
     }
     if log {
         tracing::warn!(%error, peer = %from, "message refused");
@@ -162,6 +159,8 @@ fn free<M: Meta + Send + Sync + 'static>(garbage: Vec<Garbage<M>>) {
             Garbage::State(_) => 0,
             Garbage::Diff(d) => d.joins().count() + d.leaves().count(),
             Garbage::Topic(t) => t.joins().len() + t.leaves().len(),
+            Garbage::Delta(d) => d.entry_count(),
+            Garbage::Staged(s) => s.weight(),
         })
         .sum();
     if weight > FREE_APART {

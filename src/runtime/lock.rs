@@ -24,7 +24,11 @@ impl LockStats {
 
     fn record(&self, held: Duration) {
         let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
-        self.longest.fetch_max(nanos, Ordering::Relaxed);
+        // Read first: most holds are shorter, and a write would bounce the
+        // line between the cores that take different locks.
+        if nanos > self.longest.load(Ordering::Relaxed) {
+            self.longest.fetch_max(nanos, Ordering::Relaxed);
+        }
     }
 }
 

@@ -179,7 +179,8 @@ impl Common {
         for (old, new) in moved {
             renamed.entry(old).or_insert(new);
         }
-        self.any_renamed.store(!renamed.is_empty(), Ordering::Release);
+        self.any_renamed
+            .store(!renamed.is_empty(), Ordering::Release);
     }
 }
 
@@ -261,7 +262,12 @@ impl<M: Meta> Shard<M> {
     // --- local changes -----------------------------------------------------
 
     /// Tracks a presence of this replica on one of the shard's topics.
-    pub(crate) fn track(&self, topic: &str, key: &str, meta: M) -> Result<PresenceId, TrackerError> {
+    pub(crate) fn track(
+        &self,
+        topic: &str,
+        key: &str,
+        meta: M,
+    ) -> Result<PresenceId, TrackerError> {
         let mut wake = Wake::new();
         let result = {
             let mut s = self.lock();

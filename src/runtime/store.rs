@@ -31,8 +31,8 @@ use super::shard::{Common, Peer, Shard, shard_of};
 use crate::protocol::{Built, LocalChanges, ReplicaStore, Sealed};
 use crate::state::HeldEntry;
 use crate::{
-    CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation,
-    ReplicaId, ReplicaName, State, StateError, TopicDiff,
+    CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation, ReplicaId,
+    ReplicaName, State, StateError, TopicDiff,
 };
 
 /// Changes of another replica with at least this many entries are made
@@ -42,7 +42,7 @@ pub(crate) const STAGE_ENTRIES: usize = 2048;
 
 /// Dot lookups per hold when reading this replica's own presences for a
 /// catch-up answer.
-const SLICE: u64 = 4096;
+const SLICE: u64 = 1024;
 
 /// A shard with at most this many of this replica's presences is read in
 /// one hold.
@@ -54,6 +54,8 @@ pub(crate) enum Garbage<M> {
     State(Arc<State<M>>),
     Diff(Diff<M>),
     Topic(TopicDiff<M>),
+    Delta(Delta<M>),
+    Staged(Staged<M>),
 }
 
 /// A change of one replica made outside the locks, for one shard.
@@ -75,6 +77,15 @@ pub(crate) struct StagedShard<M> {
 pub(crate) struct Staged<M> {
     context: CounterSet,
     outcome: Result<Vec<StagedShard<M>>, StateError>,
+}
+
+impl<M: Meta> Staged<M> {
+    /// How many presences it holds, to free.
+    pub(crate) fn weight(&self) -> usize {
+        self.outcome
+            .as_ref()
+            .map_or(0, |parts| parts.iter().map(|p| p.data.len()).sum())
+    }
 }
 
 /// The store; see the module docs.
@@ -122,7 +133,8 @@ impl<M: Meta> Store<M> {
     /// wanted for the driver to free.
     fn after_unlock(&mut self, mut wake: Wake<M>) {
         let unwanted = std::mem::take(&mut wake.unwanted);
-        self.garbage.extend(unwanted.into_iter().map(Garbage::Topic));
+        self.garbage
+            .extend(unwanted.into_iter().map(Garbage::Topic));
         wake.wake();
     }
 
@@ -141,7 +153,9 @@ impl<M: Meta> Store<M> {
     /// Drops what was staged and not used, and the joins kept for a replica
     /// shown right after its catch-up.
     pub(crate) fn end_staging(&mut self) {
-        self.staged.clear();
+        let unused = std::mem::take(&mut self.staged);
+        self.garbage
+            .extend(unused.into_values().map(Garbage::Staged));
         for shard in self.shards.clone().iter() {
             let mut s = shard.lock();
             for peer in s.peers.values_mut() {
@@ -203,6 +217,10 @@ impl<M: Meta> Store<M> {
             .map(|(r, _)| self.skeleton.context(r).cloned())
             .collect();
         let stripped = delta.without_entries();
+        // A large delta is freed off the async threads.
+        if delta.entry_count() > STAGE_ENTRIES {
+            self.garbage.push(Garbage::Delta(delta));
+        }
         if readmit {
             self.skeleton.readmit(stripped)?;
         } else {
@@ -593,8 +611,10 @@ fn own_part<M: Meta>(
     since: u64,
     max_catchup_bytes: usize,
 ) -> Built<M> {
-    let reaches =
-        since > 0 && shards.iter().all(|s| s.lock().own_removals_since(since).is_some());
+    let reaches = since > 0
+        && shards
+            .iter()
+            .all(|s| s.lock().own_removals_since(since).is_some());
     let whole = !reaches;
     let least = common
         .own_presences()
@@ -660,7 +680,13 @@ fn own_part<M: Meta>(
     entries.retain(|e| e.dot > floor && !gone.contains(e.dot));
     if whole {
         let context = CounterSet::prefix(to);
-        let delta = Delta::from_held(own.clone(), (context, CounterSet::new()), entries, Vec::new(), to);
+        let delta = Delta::from_held(
+            own.clone(),
+            (context, CounterSet::new()),
+            entries,
+            Vec::new(),
+            to,
+        );
         return Built::Part(delta, true);
     }
     let mut context = CounterSet::new();

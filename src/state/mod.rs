@@ -44,11 +44,11 @@ pub(crate) use view::group_by_key;
 pub use view::{KeyGroup, KeyGroupRef, PresenceRef};
 
 pub(crate) use delta::{Part, PartEntry, Removal};
-#[cfg(feature = "runtime")]
-pub(crate) use sharding::HeldEntry;
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
+#[cfg(feature = "runtime")]
+pub(crate) use sharding::HeldEntry;
 use slab::Slab;
 use store::{Payload, Place, Store};
 
