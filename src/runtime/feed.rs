@@ -214,3 +214,74 @@ impl<M> Feed<M> {
         ring.round += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use super::{Feed, Read, Wake};
+    use crate::TopicDiff;
+    use crate::runtime::lock::LockStats;
+
+    fn feed(capacity: usize) -> Feed<String> {
+        Feed::new(capacity, Arc::new(LockStats::default()))
+    }
+
+    fn push(feed: &Feed<String>) -> Arc<TopicDiff<String>> {
+        let diff = Arc::new(TopicDiff::default());
+        let mut wake = Wake::new();
+        feed.push(diff.clone(), &mut wake);
+        diff
+    }
+
+    #[test]
+    fn a_diff_is_shared_and_freed_once_every_subscriber_read_it() {
+        let feed = feed(8);
+        let waker = Waker::noop();
+        let (mut a, mut b) = (feed.join(), feed.join());
+        let diff = push(&feed);
+        // The ring holds one reference for both subscribers.
+        assert_eq!(Arc::strong_count(&diff), 2);
+        let Read::Diff(got) = feed.read(&mut a, waker) else {
+            panic!("a diff");
+        };
+        assert!(Arc::ptr_eq(&got, &diff));
+        drop(got);
+        assert_eq!(Arc::strong_count(&diff), 2, "b has not read it");
+        assert!(matches!(feed.read(&mut b, waker), Read::Diff(_)));
+        assert_eq!(Arc::strong_count(&diff), 1, "freed by the ring");
+        assert!(matches!(feed.read(&mut a, waker), Read::Empty));
+    }
+
+    #[test]
+    fn a_subscriber_that_fell_out_of_the_ring_is_told_by_its_position() {
+        let feed = feed(4);
+        let waker = Waker::noop();
+        let mut slow = feed.join();
+        let mut fast = feed.join();
+        for _ in 0..1_000 {
+            push(&feed);
+            assert!(matches!(feed.read(&mut fast, waker), Read::Diff(_)));
+        }
+        assert!(matches!(feed.read(&mut slow, waker), Read::Lagged));
+        feed.skip_to_tail(&mut slow);
+        assert!(matches!(feed.read(&mut slow, waker), Read::Empty));
+        let diff = push(&feed);
+        assert!(matches!(feed.read(&mut slow, waker), Read::Diff(_)));
+        assert!(matches!(feed.read(&mut fast, waker), Read::Diff(_)));
+        assert_eq!(Arc::strong_count(&diff), 1);
+    }
+
+    #[test]
+    fn a_subscriber_that_leaves_releases_what_it_did_not_read() {
+        let feed = feed(8);
+        let waker = Waker::noop();
+        let (mut a, b) = (feed.join(), feed.join());
+        let diff = push(&feed);
+        assert!(matches!(feed.read(&mut a, waker), Read::Diff(_)));
+        assert!(!feed.leave(&b), "a is still there");
+        assert_eq!(Arc::strong_count(&diff), 1);
+        assert!(feed.leave(&a), "the last one");
+    }
+}
