@@ -27,9 +27,9 @@ pub(crate) struct Common {
     /// The driver task ended: calls that change something are refused.
     pub(crate) stopped: AtomicBool,
     pub(crate) locks: Arc<LockStats>,
-    alloc: TimedMutex<Alloc>,
-    /// This replica's presences, across shards, and the most it may hold.
-    own: AtomicUsize,
+    alloc: Line<TimedMutex<Alloc>>,
+    /// This replica's presences, across shards.
+    own: Line<AtomicUsize>,
     pub(crate) limits: Limits,
     /// Diffs kept for a subscriber that has not read them.
     pub(crate) queue: usize,
@@ -40,6 +40,19 @@ pub(crate) struct Common {
     /// their guard holds to the current one.
     renamed: TimedMutex<HashMap<PresenceId, PresenceId>>,
     any_renamed: AtomicBool,
+}
+
+/// A value alone in its cache lines: the cores that write it do not
+/// slow the cores that read its neighbours.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// This replica's counters, spent one a change, and where the intervals
@@ -65,7 +78,7 @@ impl Common {
     ) -> Self {
         Self {
             stopped: AtomicBool::new(false),
-            alloc: TimedMutex::new(
+            alloc: Line(TimedMutex::new(
                 Alloc {
                     counter: 0,
                     cut: 0,
@@ -74,8 +87,8 @@ impl Common {
                     budget: budget.max(1),
                 },
                 locks.clone(),
-            ),
-            own: AtomicUsize::new(0),
+            )),
+            own: Line(AtomicUsize::new(0)),
             limits,
             queue,
             first_id,
