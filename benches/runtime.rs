@@ -13,6 +13,7 @@
 //! runtime fanout subscribers=10000 ns_per_subscriber=N diff_presences=1000
 //! runtime max_lock_hold_us=N
 //! runtime max_lock_hold_us_by_run catchup_multi_thread=N catchup_current_thread=N list=N threads=N fanout=N
+//! runtime lock_holds_over_1ms_by_run catchup_multi_thread=N catchup_current_thread=N list=N threads=N fanout=N
 //! ```
 //!
 //! - `track_untrack/{state,tracker}/1000000` (criterion): one replica
@@ -46,7 +47,9 @@
 //!   the last over the subscribers after the first.
 //! - `max_lock_hold_us`: the longest any lock of any tracker was held in
 //!   the runs above (after their setup), from
-//!   `TrackerMetrics::longest_lock_hold`; the next line gives it per run.
+//!   `TrackerMetrics::longest_lock_hold`; the next lines give it per run,
+//!   and how many holds passed a millisecond (holds are wall time: a
+//!   holder the OS descheduled counts its time off the CPU).
 
 mod common;
 
@@ -136,6 +139,18 @@ fn start(network: &MemoryNetwork, name: &str) -> Tracker<Meta> {
         .expect("starts")
 }
 
+/// The longest lock hold of some trackers, and how many holds passed a
+/// millisecond.
+#[derive(Clone, Copy, Default)]
+struct Holds(Duration, u64);
+
+fn holds(trackers: &[&Tracker<Meta>]) -> Holds {
+    trackers.iter().fold(Holds::default(), |Holds(d, n), t| {
+        let m = t.metrics();
+        Holds(d.max(m.longest_lock_hold), n + m.lock_holds_over_1ms)
+    })
+}
+
 /// Latencies in microseconds: p50, p99, max.
 fn percentiles(mut latencies: Vec<Duration>) -> (u128, u128, u128) {
     latencies.sort_unstable();
@@ -179,7 +194,7 @@ async fn timed_tracks(
 
 /// B's tracks while B catches up 1,000,000 presences from A; returns the
 /// longest lock hold of either.
-fn during_catchup(runtime: &Runtime, flavor: &str) -> Duration {
+fn during_catchup(runtime: &Runtime, flavor: &str) -> Holds {
     const BIG: &str = "room:big";
     runtime.block_on(async {
         let network = MemoryNetwork::new();
@@ -213,10 +228,7 @@ fn during_catchup(runtime: &Runtime, flavor: &str) -> Duration {
              catchup_ms={} flavor={flavor}",
             catchup.as_millis()
         );
-        let held = a
-            .metrics()
-            .longest_lock_hold
-            .max(b.metrics().longest_lock_hold);
+        let held = holds(&[&a, &b]);
         b.shutdown().await;
         a.shutdown().await;
         drop(guards);
@@ -225,7 +237,7 @@ fn during_catchup(runtime: &Runtime, flavor: &str) -> Duration {
 }
 
 /// Tracks on one topic while another task lists a topic of 100,000.
-fn during_list(runtime: &Runtime) -> Duration {
+fn during_list(runtime: &Runtime) -> Holds {
     const LISTED: &str = "room:b";
     const LISTED_LEN: usize = 100_000;
     runtime.block_on(async {
@@ -262,7 +274,7 @@ fn during_list(runtime: &Runtime) -> Duration {
         assert!(lists.load(Ordering::Relaxed) > 10, "the topic was listed");
         let (p50, p99, _) = percentiles(latencies);
         println!("runtime track_latency_during_list p50_us={p50} p99_us={p99}");
-        let held = t.metrics().longest_lock_hold;
+        let held = holds(&[&t]);
         t.shutdown().await;
         drop(guards);
         held
@@ -270,7 +282,7 @@ fn during_list(runtime: &Runtime) -> Duration {
 }
 
 /// Track + untrack pairs from 1, then 2 OS threads on different topics.
-fn threads(runtime: &Runtime) -> Duration {
+fn threads(runtime: &Runtime) -> Holds {
     let network = MemoryNetwork::new();
     let _entered = runtime.enter();
     let t = start(&network, "node-local");
@@ -306,14 +318,14 @@ fn threads(runtime: &Runtime) -> Duration {
         let ops = (pairs * 2) as f64 / started.elapsed().as_secs_f64();
         println!("runtime track_untrack_threads threads={n} ops_per_sec={ops:.0}");
     }
-    let held = t.metrics().longest_lock_hold;
+    let held = holds(&[&t]);
     runtime.block_on(t.shutdown());
     drop(guards);
     held
 }
 
 /// One diff of `presences` joins to 10,000 subscribers.
-fn fanout(runtime: &Runtime, presences: usize) -> Duration {
+fn fanout(runtime: &Runtime, presences: usize) -> Holds {
     const SUBSCRIBERS: usize = 10_000;
     const TOPIC: &str = "room:fanout";
     runtime.block_on(async {
@@ -358,10 +370,7 @@ fn fanout(runtime: &Runtime, presences: usize) -> Duration {
         println!(
             "runtime fanout subscribers={SUBSCRIBERS} ns_per_subscriber={per} diff_presences={presences}"
         );
-        let held = a
-            .metrics()
-            .longest_lock_hold
-            .max(b.metrics().longest_lock_hold);
+        let held = holds(&[&a, &b]);
         drop(guards);
         b.shutdown().await;
         a.shutdown().await;
@@ -379,20 +388,23 @@ fn main() {
     let list = during_list(&multi_thread());
     let threads = threads(&multi_thread());
     let fanout_runtime = multi_thread();
-    let fanout = fanout(&fanout_runtime, 1).max(fanout(&fanout_runtime, 1000));
-    let us = |d: Duration| d.as_micros();
-    let max = [catchup_multi, catchup_current, list, threads, fanout]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
-    println!("runtime max_lock_hold_us={}", us(max));
+    let (one, many) = (fanout(&fanout_runtime, 1), fanout(&fanout_runtime, 1000));
+    let fanout = Holds(one.0.max(many.0), one.1 + many.1);
+    let runs = [catchup_multi, catchup_current, list, threads, fanout];
+    let max = runs.iter().map(|h| h.0).max().unwrap_or_default();
+    println!("runtime max_lock_hold_us={}", max.as_micros());
+    let by_run = |f: fn(&Holds) -> String| {
+        let [a, b, c, d, e] = runs.each_ref().map(f);
+        format!(
+            "catchup_multi_thread={a} catchup_current_thread={b} list={c} threads={d} fanout={e}"
+        )
+    };
     println!(
-        "runtime max_lock_hold_us_by_run catchup_multi_thread={} catchup_current_thread={} \
-         list={} threads={} fanout={}",
-        us(catchup_multi),
-        us(catchup_current),
-        us(list),
-        us(threads),
-        us(fanout)
+        "runtime max_lock_hold_us_by_run {}",
+        by_run(|h| h.0.as_micros().to_string())
+    );
+    println!(
+        "runtime lock_holds_over_1ms_by_run {}",
+        by_run(|h| h.1.to_string())
     );
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub(crate) struct LockStats {
     longest: AtomicU64,
+    /// Holds longer than a millisecond.
+    long: AtomicU64,
 }
 
 impl LockStats {
@@ -18,8 +20,14 @@ impl LockStats {
         Duration::from_nanos(self.longest.load(Ordering::Relaxed))
     }
 
+    /// How many holds lasted longer than a millisecond.
+    pub(crate) fn long_holds(&self) -> u64 {
+        self.long.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn reset(&self) {
         self.longest.store(0, Ordering::Relaxed);
+        self.long.store(0, Ordering::Relaxed);
     }
 
     fn record(&self, held: Duration) {
@@ -28,6 +36,9 @@ impl LockStats {
         // line between the cores that take different locks.
         if nanos > self.longest.load(Ordering::Relaxed) {
             self.longest.fetch_max(nanos, Ordering::Relaxed);
+        }
+        if nanos > 1_000_000 {
+            self.long.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

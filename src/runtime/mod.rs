@@ -414,6 +414,9 @@ pub struct TrackerMetrics {
     /// (or since [`Tracker::reset_longest_lock_hold`]): the longest any
     /// call could have waited for one.
     pub longest_lock_hold: Duration,
+    /// How many holds of the tracker's locks lasted longer than a
+    /// millisecond, over the same time.
+    pub lock_holds_over_1ms: u64,
 }
 
 impl<M: Meta + Send + Sync + 'static> Tracker<M> {
@@ -521,10 +524,12 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             presences,
             transport: self.shared.transport_stats.as_ref().map(StatsReader::read),
             longest_lock_hold: self.shared.locks.longest(),
+            lock_holds_over_1ms: self.shared.locks.long_holds(),
         }
     }
 
-    /// Starts measuring [`TrackerMetrics::longest_lock_hold`] afresh.
+    /// Starts measuring [`TrackerMetrics::longest_lock_hold`] and
+    /// [`TrackerMetrics::lock_holds_over_1ms`] afresh.
     pub fn reset_longest_lock_hold(&self) {
         self.shared.locks.reset();
     }

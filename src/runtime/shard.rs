@@ -14,12 +14,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::TrackerError;
 use super::feed::{Feed, Wake};
 use super::lock::{LockStats, TimedMutex};
-use crate::state::{HeldEntry, Removal, encoded_meta_len};
+use crate::state::{HeldEntry, Removal};
 use crate::{Delta, Diff, Limits, Meta, Presence, PresenceId, ReplicaId, State, StateError, Topic};
 
 /// What every shard of a tracker shares.
@@ -27,7 +27,14 @@ pub(crate) struct Common {
     /// The driver task ended: calls that change something are refused.
     pub(crate) stopped: AtomicBool,
     pub(crate) locks: Arc<LockStats>,
-    alloc: Line<TimedMutex<Alloc>>,
+    /// The last counter spent (the low 56 bits) and the broadcast its
+    /// change goes out with (the high 8 bits, counted modulo 256): one
+    /// atomic, so that a change learns both at once without a lock.
+    spent: Line<AtomicU64>,
+    /// Intervals start at the multiples of this many counters (and where a
+    /// broadcast cut them): so many changes of the largest size the limits
+    /// allow fit in half a message.
+    block: u64,
     /// This replica's presences, across shards.
     own: Line<AtomicUsize>,
     pub(crate) limits: Limits,
@@ -55,18 +62,16 @@ impl<T> std::ops::Deref for Line<T> {
     }
 }
 
-/// This replica's counters, spent one a change, and where the intervals
-/// that broadcast them are cut.
-struct Alloc {
-    counter: u64,
-    /// Changes with a counter above this go in the next interval.
-    cut: u64,
-    /// The estimated bytes of the interval being filled.
-    bytes: usize,
-    /// The most counters and bytes one interval may hold.
-    span: u64,
-    budget: usize,
+/// Where a change goes in the broadcasts: the broadcast (counted modulo
+/// 256) and the block of counters whose interval it joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    broadcast: u8,
+    block: u64,
 }
+
+const COUNTER_BITS: u32 = 56;
+const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
 impl Common {
     pub(crate) fn new(
@@ -78,16 +83,11 @@ impl Common {
     ) -> Self {
         Self {
             stopped: AtomicBool::new(false),
-            alloc: Line(TimedMutex::new(
-                Alloc {
-                    counter: 0,
-                    cut: 0,
-                    bytes: 0,
-                    span: span.max(1),
-                    budget: budget.max(1),
-                },
-                locks.clone(),
-            )),
+            spent: Line(AtomicU64::new(0)),
+            block: {
+                let largest = limits.topic_len() + limits.key_len() + limits.meta_bytes() + 64;
+                ((budget / largest.max(1)) as u64).clamp(1, span.max(1))
+            },
             own: Line(AtomicUsize::new(0)),
             limits,
             queue,
@@ -104,7 +104,7 @@ impl Common {
 
     /// The last counter spent.
     pub(crate) fn counter(&self) -> u64 {
-        self.alloc.lock().counter
+        self.spent.load(Ordering::Acquire) & COUNTER_MASK
     }
 
     /// How many presences this replica holds.
@@ -112,57 +112,57 @@ impl Common {
         self.own.load(Ordering::Relaxed)
     }
 
-    /// Spends the next counter on a change of about `bytes` encoded
-    /// bytes; returns it and the counter its interval starts after.
-    fn spend(&self, bytes: usize) -> (u64, u64) {
-        let mut a = self.alloc.lock();
-        let counter = a.counter + 1;
-        if counter - a.cut > a.span || (a.bytes > 0 && a.bytes + bytes > a.budget) {
-            a.cut = counter - 1;
-            a.bytes = 0;
-        }
-        a.bytes += bytes;
-        a.counter = counter;
-        (counter, a.cut)
+    /// Spends the next counter on a change; returns it and where its change
+    /// goes in the broadcasts. Call with the change's shard locked, and
+    /// record the change before letting it go.
+    fn spend(&self) -> (u64, Slot) {
+        let packed = self.spent.fetch_add(1, Ordering::AcqRel);
+        let counter = (packed & COUNTER_MASK) + 1;
+        let slot = Slot {
+            broadcast: (packed >> COUNTER_BITS) as u8,
+            block: (counter - 1) / self.block,
+        };
+        (counter, slot)
     }
 
-    /// Ends the interval being filled: the next change starts a new one.
-    /// Returns the last counter spent. Call with every shard locked, so
-    /// that every counter spent has its change recorded.
-    pub(crate) fn cut(&self) -> u64 {
-        let mut a = self.alloc.lock();
-        a.cut = a.counter;
-        a.bytes = 0;
-        a.counter
+    /// Where the interval of a change in `slot` starts, for a broadcast
+    /// that starts after `from`.
+    pub(crate) fn interval_start(&self, slot: Slot, from: u64) -> u64 {
+        (slot.block * self.block).max(from)
+    }
+
+    /// Ends the broadcast being filled: changes spent from now on go out
+    /// with the next. Returns the broadcast ended and the last counter it
+    /// reaches.
+    pub(crate) fn cut(&self) -> (u8, u64) {
+        let packed = self.spent.fetch_add(1 << COUNTER_BITS, Ordering::AcqRel);
+        ((packed >> COUNTER_BITS) as u8, packed & COUNTER_MASK)
     }
 
     /// Starts counting again from `counter` (a new incarnation).
     pub(crate) fn restart(&self, counter: u64, presences: usize) {
-        let mut a = self.alloc.lock();
-        a.counter = counter;
-        a.cut = counter;
-        a.bytes = 0;
+        let broadcast = (self.spent.load(Ordering::Acquire) >> COUNTER_BITS).wrapping_add(1);
+        self.spent
+            .store((broadcast << COUNTER_BITS) | counter, Ordering::Release);
         self.own.store(presences, Ordering::Relaxed);
     }
 
     fn reserve_presence(&self, id: &ReplicaId) -> Result<(), StateError> {
         let max = self.limits.presences_per_replica();
-        self.own
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map(|_| ())
-            .map_err(|n| StateError::TooManyPresences {
+        let count = self.own.fetch_add(1, Ordering::AcqRel) + 1;
+        if count > max {
+            self.own.fetch_sub(1, Ordering::AcqRel);
+            return Err(StateError::TooManyPresences {
                 replica: id.clone(),
-                count: n + 1,
+                count,
                 max,
-            })
+            });
+        }
+        Ok(())
     }
 
     fn release_presence(&self) {
-        let _ = self
-            .own
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.own.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The current id of the presence a guard tracked as `id`.
@@ -217,9 +217,8 @@ pub(crate) struct Inner<M> {
     first_own: Option<u64>,
     pub(crate) peers: BTreeMap<ReplicaId, Peer<M>>,
     feeds: HashMap<Topic, Arc<Feed<M>>>,
-    /// This replica's changes here not broadcast yet, by the counter their
-    /// interval starts after.
-    pending: Vec<(u64, Delta<M>)>,
+    /// This replica's changes here not broadcast yet, by where they go.
+    pending: Vec<(Slot, Delta<M>)>,
 }
 
 /// A subscriber's feed and its place in it.
@@ -287,11 +286,12 @@ impl<M: Meta> Shard<M> {
             if self.common.stopped() {
                 return Err(TrackerError::Stopped);
             }
-            s.own.check_track(topic, key, &meta)?;
-            let bytes = topic.len() + key.len() + encoded_meta_len(&meta)? + 16;
+            // The meta is checked by `State::track`, after the counter is
+            // spent: a meta over the limit spends one on nothing.
+            s.own.check_track(topic, key)?;
             let id = s.own.replica().clone();
             self.common.reserve_presence(&id)?;
-            let (counter, after) = self.common.spend(bytes);
+            let (counter, after) = self.common.spend();
             s.first_own.get_or_insert(counter);
             s.own.spend_own_counters(counter - 1);
             match s.own.track(topic, key, meta) {
@@ -325,8 +325,7 @@ impl<M: Meta> Shard<M> {
             // here, the id is current.
             let id = &self.common.current_id(tracked);
             s.own.check_update(id, &meta)?;
-            let bytes = encoded_meta_len(&meta)? + 256;
-            let (counter, after) = self.common.spend(bytes);
+            let (counter, after) = self.common.spend();
             s.own.spend_own_counters(counter - 1);
             match s.own.update(id, meta) {
                 Ok(change) => {
@@ -356,7 +355,7 @@ impl<M: Meta> Shard<M> {
             if !s.own.holds_own(id) {
                 return;
             }
-            let (counter, after) = self.common.spend(32);
+            let (counter, after) = self.common.spend();
             s.own.spend_own_counters(counter - 1);
             match s.own.untrack(id) {
                 Ok(change) => {
@@ -461,10 +460,16 @@ impl<M: Meta> Shard<M> {
 
     // --- this replica's data, for the store --------------------------------
 
-    /// This replica's changes not broadcast yet, taken; call with every
-    /// shard locked (see `Store::take_local`).
-    pub(crate) fn take_pending(s: &mut Inner<M>) -> Vec<(u64, Delta<M>)> {
-        std::mem::take(&mut s.pending)
+    /// This replica's changes here that go out with broadcast `ended`
+    /// (and any before it), taken; those spent after it stay.
+    pub(crate) fn take_pending(s: &mut Inner<M>, ended: u8) -> Vec<(Slot, Delta<M>)> {
+        // Changes are recorded in the order their counters were spent.
+        let next = ended.wrapping_add(1);
+        let kept = s
+            .pending
+            .partition_point(|(slot, _)| slot.broadcast != next);
+        let later = s.pending.split_off(kept);
+        std::mem::replace(&mut s.pending, later)
     }
 
     /// How many of this replica's presences are here, and the first
@@ -519,8 +524,8 @@ impl<M: Meta> Shard<M> {
 }
 
 impl<M: Meta> Inner<M> {
-    /// Queues one of this replica's changes for the interval after `after`.
-    fn record(&mut self, after: u64, delta: Delta<M>) {
+    /// Queues one of this replica's changes for its broadcast.
+    fn record(&mut self, after: Slot, delta: Delta<M>) {
         match self.pending.last_mut() {
             Some((last, joined)) if *last == after => joined.join(delta),
             _ => self.pending.push((after, delta)),
@@ -529,7 +534,7 @@ impl<M: Meta> Inner<M> {
 
     /// A counter was spent and the change failed after all: it is spent on
     /// nothing, so that the counters broadcast stay contiguous.
-    fn spend_on_nothing(&mut self, counter: u64, after: u64) {
+    fn spend_on_nothing(&mut self, counter: u64, after: Slot) {
         self.own.spend_own_counters(counter);
         let id = self.own.replica().clone();
         self.record(after, Delta::empty_event(id, counter));
@@ -537,6 +542,9 @@ impl<M: Meta> Inner<M> {
 
     /// Hands a diff of this shard's topics to their subscribers.
     pub(crate) fn publish(&mut self, diff: Diff<M>, wake: &mut Wake<M>) {
+        if self.feeds.is_empty() && diff.len() <= 256 {
+            return;
+        }
         for (topic, changes) in diff.into_topics() {
             match self.feeds.get(topic.as_str()) {
                 Some(feed) => feed.push(Arc::new(changes), wake),

@@ -100,6 +100,8 @@ pub(crate) struct Store<M> {
     /// Replicas with a peer state in some shard.
     held: BTreeSet<ReplicaId>,
     garbage: Vec<Garbage<M>>,
+    /// The last counter handed to the node to broadcast.
+    broadcast: u64,
 }
 
 impl<M> Sealed for Store<M> {}
@@ -117,6 +119,7 @@ impl<M: Meta> Store<M> {
             staged: BTreeMap::new(),
             held: BTreeSet::new(),
             garbage: Vec::new(),
+            broadcast: 0,
         }
     }
 
@@ -791,6 +794,7 @@ impl<M: Meta> ReplicaStore<M> for Store<M> {
             renamed.extend(moves);
         }
         self.common.restart(next - 1, renamed.len());
+        self.broadcast = next - 1;
         // Under every shard's lock: no guard acts on an old id meanwhile.
         self.common.rename(renamed.clone());
         drop(guards);
@@ -836,13 +840,22 @@ impl<M: Meta> ReplicaStore<M> for Store<M> {
     }
 
     fn take_local(&mut self) -> Option<LocalChanges<M>> {
-        let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
-        let to = self.common.cut();
+        // A counter is spent under its shard's lock and its change recorded
+        // before the lock is let go: once a shard's lock is taken after the
+        // cut, every change of that shard up to the cut is in its pending
+        // list. So the shards are taken one at a time, and no lock waits
+        // for another.
+        let (ended, to) = self.common.cut();
+        let from = std::mem::replace(&mut self.broadcast, to);
         let mut chunks = Vec::new();
-        for g in &mut guards {
-            chunks.extend(Shard::take_pending(&mut *g));
+        for shard in self.shards.iter() {
+            let taken = Shard::take_pending(&mut shard.lock(), ended);
+            chunks.extend(
+                taken
+                    .into_iter()
+                    .map(|(slot, delta)| (self.common.interval_start(slot, from), delta)),
+            );
         }
-        drop(guards);
         (!chunks.is_empty()).then_some((to, chunks))
     }
 }

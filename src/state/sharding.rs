@@ -33,12 +33,11 @@ pub(crate) struct HeldEntry<M> {
 }
 
 impl<M: Meta> State<M> {
-    /// Checks what [`State::track`] checks but the number of presences,
-    /// which the caller counts across shards. Nothing changes.
-    pub(crate) fn check_track(&self, topic: &str, key: &str, meta: &M) -> Result<(), StateError> {
+    /// Checks the topic and key of a track as [`State::track`] does.
+    /// Nothing changes.
+    pub(crate) fn check_track(&self, topic: &str, key: &str) -> Result<(), StateError> {
         self.check_topic(topic)?;
-        self.check_key(key)?;
-        self.check_meta(meta)
+        self.check_key(key)
     }
 
     /// Checks what [`State::update`] checks: the presence is one of this
@@ -226,6 +225,13 @@ impl<M: Meta> State<M> {
 }
 
 impl<M> Diff<M> {
+    /// How many joins, leaves and updates it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.iter()
+            .map(|(_, d)| d.joins().len() + d.leaves().len() + d.updates().len())
+            .sum()
+    }
+
     /// A diff that changes nothing visible but counts entries that did not
     /// decode or were refused (a merge split over several states reports
     /// its counts so).
