@@ -59,9 +59,8 @@ pub(crate) async fn drive<M, T>(
             event = transport.recv() => {
                 let Some(event) = event else {
                     tracing::warn!("transport closed");
-                    let mut driven = shared.lock();
-                    shared.stop(&mut driven);
-                    drop(driven);
+                    // Through `with_node`: subscribers are woken to their end.
+                    drop(with_node(&shared, |driven, _| shared.stop(driven)));
                     return;
                 };
                 on_event(&shared, event).await
@@ -132,7 +131,7 @@ fn with_node<M, R>(
 where
     M: Meta + Send + Sync + 'static,
 {
-    let (outgoing, garbage) = {
+    let (outgoing, garbage, woken) = {
         let mut driven = shared.lock();
         let now = shared.now();
         f(&mut driven, now);
@@ -140,8 +139,10 @@ where
         let outgoing: Outgoing = std::iter::from_fn(|| driven.node.poll_transmit())
             .map(|t| (t.destination, Bytes::from(t.bytes)))
             .collect();
-        (outgoing, driven.node.state_mut().take_garbage())
+        let store = driven.node.state_mut();
+        (outgoing, store.take_garbage(), store.take_woken())
     };
+    woken.wake();
     free(garbage);
     outgoing
 }

@@ -89,6 +89,12 @@ impl<M> Wake<M> {
             waker.wake();
         }
     }
+
+    /// Takes in what another publisher has to do.
+    pub(crate) fn absorb(&mut self, other: Wake<M>) {
+        self.wakers.extend(other.wakers);
+        self.unwanted.extend(other.unwanted);
+    }
 }
 
 /// Where a subscriber stands in its feed.
@@ -113,6 +119,7 @@ impl<M> Feed<M> {
                     round: 0,
                 },
                 stats,
+                "feed",
             ),
         }
     }

@@ -7,11 +7,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The longest hold of any lock of one tracker, in nanoseconds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LockStats {
     longest: AtomicU64,
+    /// Which lock it was.
+    longest_lock: Mutex<&'static str>,
     /// Holds longer than a millisecond.
     long: AtomicU64,
+}
+
+impl Default for LockStats {
+    fn default() -> Self {
+        Self {
+            longest: AtomicU64::new(0),
+            longest_lock: Mutex::new("none"),
+            long: AtomicU64::new(0),
+        }
+    }
 }
 
 impl LockStats {
@@ -25,17 +37,24 @@ impl LockStats {
         self.long.load(Ordering::Relaxed)
     }
 
+    /// Which lock was held longest: `node`, `shard`, `feed` or `renamed`.
+    pub(crate) fn longest_lock(&self) -> &'static str {
+        *self.longest_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn reset(&self) {
         self.longest.store(0, Ordering::Relaxed);
         self.long.store(0, Ordering::Relaxed);
     }
 
-    fn record(&self, held: Duration) {
+    fn record(&self, held: Duration, lock: &'static str) {
         let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
         // Read first: most holds are shorter, and a write would bounce the
         // line between the cores that take different locks.
-        if nanos > self.longest.load(Ordering::Relaxed) {
-            self.longest.fetch_max(nanos, Ordering::Relaxed);
+        if nanos > self.longest.load(Ordering::Relaxed)
+            && self.longest.fetch_max(nanos, Ordering::Relaxed) < nanos
+        {
+            *self.longest_lock.lock().unwrap_or_else(|e| e.into_inner()) = lock;
         }
         if nanos > 1_000_000 {
             self.long.fetch_add(1, Ordering::Relaxed);
@@ -48,13 +67,15 @@ impl LockStats {
 pub(crate) struct TimedMutex<T> {
     inner: Mutex<T>,
     stats: Arc<LockStats>,
+    name: &'static str,
 }
 
 impl<T> TimedMutex<T> {
-    pub(crate) fn new(value: T, stats: Arc<LockStats>) -> Self {
+    pub(crate) fn new(value: T, stats: Arc<LockStats>, name: &'static str) -> Self {
         Self {
             inner: Mutex::new(value),
             stats,
+            name,
         }
     }
 
@@ -67,6 +88,7 @@ impl<T> TimedMutex<T> {
             guard,
             since: Instant::now(),
             stats: &self.stats,
+            name: self.name,
         }
     }
 }
@@ -76,6 +98,7 @@ pub(crate) struct TimedGuard<'a, T> {
     guard: MutexGuard<'a, T>,
     since: Instant,
     stats: &'a LockStats,
+    name: &'static str,
 }
 
 impl<T> Deref for TimedGuard<'_, T> {
@@ -94,6 +117,6 @@ impl<T> DerefMut for TimedGuard<'_, T> {
 
 impl<T> Drop for TimedGuard<'_, T> {
     fn drop(&mut self) {
-        self.stats.record(self.since.elapsed());
+        self.stats.record(self.since.elapsed(), self.name);
     }
 }

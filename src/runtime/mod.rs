@@ -331,6 +331,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
                     refused_seen: 0,
                 },
                 locks.clone(),
+                "node",
             ),
             shards,
             common,
@@ -417,6 +418,9 @@ pub struct TrackerMetrics {
     /// How many holds of the tracker's locks lasted longer than a
     /// millisecond, over the same time.
     pub lock_holds_over_1ms: u64,
+    /// Which lock was held longest: `node` (the protocol's), `shard` (a
+    /// topic shard's), `feed` (a topic's diffs) or `renamed`.
+    pub longest_held_lock: &'static str,
 }
 
 impl<M: Meta + Send + Sync + 'static> Tracker<M> {
@@ -525,6 +529,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             transport: self.shared.transport_stats.as_ref().map(StatsReader::read),
             longest_lock_hold: self.shared.locks.longest(),
             lock_holds_over_1ms: self.shared.locks.long_holds(),
+            longest_held_lock: self.shared.locks.longest_lock(),
         }
     }
 

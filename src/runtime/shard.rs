@@ -92,7 +92,7 @@ impl Common {
             limits,
             queue,
             first_id,
-            renamed: TimedMutex::new(HashMap::new(), locks.clone()),
+            renamed: TimedMutex::new(HashMap::new(), locks.clone(), "renamed"),
             any_renamed: AtomicBool::new(false),
             locks,
         }
@@ -253,6 +253,7 @@ impl<M: Meta> Shard<M> {
                     pending: Vec::new(),
                 },
                 common.locks.clone(),
+                "shard",
             ),
             common,
         }

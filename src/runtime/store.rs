@@ -102,6 +102,7 @@ pub(crate) struct Store<M> {
     garbage: Vec<Garbage<M>>,
     /// The last counter handed to the node to broadcast.
     broadcast: u64,
+    woken: Wake<M>,
 }
 
 impl<M> Sealed for Store<M> {}
@@ -120,6 +121,7 @@ impl<M: Meta> Store<M> {
             held: BTreeSet::new(),
             garbage: Vec::new(),
             broadcast: 0,
+            woken: Wake::new(),
         }
     }
 
@@ -132,13 +134,18 @@ impl<M: Meta> Store<M> {
         std::mem::take(&mut self.garbage)
     }
 
-    /// Wakes the subscribers a change woke, and keeps the diffs nobody
-    /// wanted for the driver to free.
+    /// Keeps the subscribers a change woke for the driver to wake once
+    /// the node's lock is let go, and the diffs nobody wanted to free.
     fn after_unlock(&mut self, mut wake: Wake<M>) {
         let unwanted = std::mem::take(&mut wake.unwanted);
         self.garbage
             .extend(unwanted.into_iter().map(Garbage::Topic));
-        wake.wake();
+        self.woken.absorb(wake);
+    }
+
+    /// The subscribers to wake, once the node's lock is let go.
+    pub(crate) fn take_woken(&mut self) -> Wake<M> {
+        std::mem::replace(&mut self.woken, Wake::new())
     }
 
     /// Whether `replica` is hidden here, and how many of its presences are
@@ -709,6 +716,9 @@ fn read_slices<M: Meta>(shard: &Shard<M>, lo: u64, hi: u64, out: &mut Vec<HeldEn
         let end = at.saturating_add(SLICE - 1).min(hi);
         shard.own_between(at, end, out);
         at = end + 1;
+        // Between holds rather than in one: a thread the OS takes off the
+        // CPU while it holds the lock makes every waiter wait.
+        std::thread::yield_now();
     }
 }
 
