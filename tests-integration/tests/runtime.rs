@@ -448,7 +448,11 @@ async fn the_diff_stream_is_atomic_with_lists_per_topic() {
             let mut held = Vec::new();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let topic = if i.is_multiple_of(2) { "shared" } else { "other" };
+                let topic = if i.is_multiple_of(2) {
+                    "shared"
+                } else {
+                    "other"
+                };
                 held.push(
                     b.track(topic, &format!("local:{i}"), "x".into())
                         .expect("tracks"),
