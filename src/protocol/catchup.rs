@@ -9,8 +9,8 @@ use smallvec::smallvec;
 use super::message::{Message, ReplyChunk};
 use super::remote::{Assembly, Batch, Request};
 use super::{
-    Destination, ENVELOPE_MARGIN, Event, MAX_ANSWERS, MAX_BATCHES, MIN_ENTRY_BYTES, Node,
-    ProtocolError, ReplicaStatus, Served,
+    Destination, ENVELOPE_MARGIN, Event, MAX_ANSWERS, MAX_BATCHES, MIN_ENTRY_BYTES, MessageKind,
+    Node, ProtocolError, ReplicaStatus, ReplicaStore, Served, Work, codec,
 };
 use crate::state::{Delta, Meta, ReplicaId};
 use crate::wire;
@@ -25,7 +25,161 @@ struct Need {
     new_round: bool,
 }
 
-impl<M: Meta> Node<M> {
+/// A catch-up request left to the driver: build the parts asked for
+/// (with [`build_part`] or the store's own way), then
+/// [`ServeWork::encode`] them, outside the node's lock.
+#[derive(Clone)]
+pub(crate) struct ServeWork {
+    pub(crate) requester: ReplicaId,
+    pub(crate) batch: u64,
+    /// The replicas asked for that may be answered, from which counter,
+    /// and how far this replica held each when asked.
+    pub(crate) items: Vec<(ReplicaId, u64, u64)>,
+    /// The sender the messages name (see `Node::named_sender`).
+    pub(crate) sender: Option<ReplicaId>,
+    pub(crate) max_catchup_bytes: usize,
+    pub(crate) piece: usize,
+}
+
+/// What a part of an answer is.
+pub(crate) enum Built<M> {
+    /// The changes since the counter asked for (false), or the whole
+    /// sub-state (true).
+    Part(Delta<M>, bool),
+    /// Too large to send whatever is done: declined.
+    Declined,
+    /// Nothing to send.
+    Nothing,
+}
+
+/// A part of a catch-up answer, built from `store`: the changes of
+/// `replica` since `since`, or its whole sub-state when the removal log
+/// does not reach back that far, unless even the smallest encoding of
+/// that is over `max_catchup_bytes`.
+pub(crate) fn build_part<M: Meta, S: ReplicaStore<M>>(
+    store: &S,
+    replica: &ReplicaId,
+    since: u64,
+    max_catchup_bytes: usize,
+) -> Built<M> {
+    if let Some(d) = store.changes_since(replica, since) {
+        return Built::Part(d, false);
+    }
+    // Nor is a whole sub-state whose smallest possible encoding is too
+    // large.
+    let least = store.presences_of(replica).saturating_mul(MIN_ENTRY_BYTES);
+    if least > max_catchup_bytes {
+        return Built::Declined;
+    }
+    match store.snapshot_of(replica) {
+        Some(d) => Built::Part(d, true),
+        None => Built::Nothing,
+    }
+}
+
+/// A catch-up answer encoded outside the node, for [`Node::finish_serve`].
+pub(crate) struct ServedAnswer {
+    requester: ReplicaId,
+    /// The replicas answered: how far each was held when asked, and
+    /// whether the whole sub-state went.
+    kept: Vec<(ReplicaId, u64, bool)>,
+    /// The only replica asked for, whose answer is over the limit: from
+    /// which counter, at which counter held.
+    too_large: Option<(ReplicaId, u64, u64)>,
+    declined: u64,
+    messages: Vec<Vec<u8>>,
+}
+
+impl ServeWork {
+    /// Joins and encodes the parts (each with the replica and the counter
+    /// it was asked from) into reply messages, leaving out the last half
+    /// until they fit; `declined` parts were too large to build.
+    pub(crate) fn encode<M: Meta>(
+        self,
+        mut parts: Vec<(ReplicaId, u64, Delta<M>, bool)>,
+        declined: u64,
+    ) -> ServedAnswer {
+        let mut answer = ServedAnswer {
+            requester: self.requester,
+            kept: Vec::new(),
+            too_large: None,
+            declined,
+            messages: Vec::new(),
+        };
+        let held = |replica: &ReplicaId| {
+            self.items
+                .iter()
+                .find(|(r, ..)| r == replica)
+                .map_or(0, |(.., held)| *held)
+        };
+        // Too large as a whole: the first half of it, until it fits; the
+        // rest is asked again.
+        let bytes = loop {
+            if parts.is_empty() {
+                return answer;
+            }
+            let mut whole = Delta::default();
+            for (_, _, delta, _) in &parts {
+                whole.join(delta.clone());
+            }
+            let Ok(bytes) = wire::encode(&whole) else {
+                return answer;
+            };
+            if bytes.len() <= self.max_catchup_bytes {
+                break bytes;
+            }
+            if parts.len() == 1 {
+                let (replica, since, ..) = &parts[0];
+                answer.too_large = Some((replica.clone(), *since, held(replica)));
+                return answer;
+            }
+            parts.truncate(parts.len() / 2);
+        };
+        answer.kept = parts
+            .iter()
+            .map(|(replica, _, _, full)| (replica.clone(), held(replica), *full))
+            .collect();
+        let total = bytes.len() as u64;
+        for (i, part) in bytes.chunks(self.piece.max(1)).enumerate() {
+            let chunk = ReplyChunk {
+                batch: self.batch,
+                total,
+                offset: (i * self.piece) as u64,
+                bytes: part.to_vec(),
+            };
+            let message: Message<M> = Message::CatchUpReply(chunk);
+            if let Ok(bytes) = codec::encode(self.sender.as_ref(), &message) {
+                answer.messages.push(bytes);
+            }
+        }
+        answer
+    }
+}
+
+/// A whole catch-up answer left to the driver to decode outside the
+/// node's lock, then hand to [`Node::finish_answer`].
+#[derive(Clone)]
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+pub(crate) struct AnswerWork {
+    pub(crate) holder: ReplicaId,
+    pub(crate) batch: u64,
+    assembly: Assembly,
+    max_catchup_bytes: usize,
+}
+
+impl AnswerWork {
+    /// The answer's delta.
+    ///
+    /// # Errors
+    ///
+    /// When its bytes are not a valid delta.
+    pub(crate) fn decode<M: Meta>(&self) -> Result<Delta<M>, ProtocolError> {
+        let whole = self.assembly.whole();
+        Ok(wire::decode_with_limit(&whole, self.max_catchup_bytes)?)
+    }
+}
+
+impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
     // --- answering ---------------------------------------------------------
 
     /// Answers a catch-up request from `requester`, the authenticated
@@ -38,77 +192,91 @@ impl<M: Meta> Node<M> {
         batch: u64,
         items: Vec<(ReplicaId, u64)>,
     ) {
-        let mut parts: Vec<(ReplicaId, u64, Delta<M>, bool)> = Vec::new();
         let mut asked = BTreeSet::new();
+        let mut wanted = Vec::new();
         for (replica, since) in items {
             if !asked.insert(replica.clone()) {
                 continue;
             }
-            if let Some((delta, full)) = self.answer_part(now, requester, &replica, since) {
-                parts.push((replica, since, delta, full));
+            if self.may_answer(now, requester, &replica, since) {
+                let held = self.held(&replica);
+                wanted.push((replica, since, held));
             }
         }
-        // Too large as a whole: the first half of it, until it fits; the
-        // rest is asked again.
-        let bytes = loop {
-            if parts.is_empty() {
-                return;
-            }
-            let mut whole = Delta::default();
-            for (_, _, delta, _) in &parts {
-                whole.join(delta.clone());
-            }
-            let Ok(bytes) = wire::encode(&whole) else {
-                return;
-            };
-            if bytes.len() <= self.config.max_catchup_bytes {
-                break bytes;
-            }
-            if parts.len() == 1 {
-                let (replica, since, ..) = &parts[0];
-                let held = self.held(replica);
-                self.oversized.insert(replica.clone(), (*since, held));
-                self.metrics.catchups_too_large += 1;
-                return;
-            }
-            parts.truncate(parts.len() / 2);
+        if wanted.is_empty() {
+            return;
+        }
+        let work = ServeWork {
+            requester: requester.clone(),
+            batch,
+            items: wanted,
+            sender: self.named_sender(),
+            max_catchup_bytes: self.config.max_catchup_bytes,
+            piece: self.config.max_message_bytes - ENVELOPE_MARGIN,
         };
-        for (replica, _, _, full) in &parts {
-            if *full {
+        if self.defer {
+            self.work.push_back(Work::Serve(work));
+            return;
+        }
+        let mut declined = 0;
+        let mut parts = Vec::new();
+        for (replica, since, _) in &work.items {
+            match build_part(&self.state, replica, *since, work.max_catchup_bytes) {
+                Built::Part(delta, full) => parts.push((replica.clone(), *since, delta, full)),
+                Built::Declined => declined += 1,
+                Built::Nothing => {}
+            }
+        }
+        let answer = work.encode(parts, declined);
+        self.finish_serve(now, answer);
+    }
+
+    /// Sends an answer encoded by [`ServeWork::encode`] and remembers what
+    /// it answered.
+    pub(crate) fn finish_serve(&mut self, now: Duration, answer: ServedAnswer) {
+        let ServedAnswer {
+            requester,
+            kept,
+            too_large,
+            declined,
+            messages,
+        } = answer;
+        self.metrics.catchups_declined += declined;
+        if let Some((replica, since, held)) = too_large {
+            self.oversized.insert(replica, (since, held));
+            self.metrics.catchups_too_large += 1;
+            return;
+        }
+        if kept.is_empty() {
+            return;
+        }
+        for (replica, to, full) in kept {
+            if full {
                 self.metrics.full_transfers_served += 1;
             }
-            let to = self.held(replica);
             self.served
-                .insert((requester.clone(), replica.clone()), Served { to, at: now });
+                .insert((requester.clone(), replica), Served { to, at: now });
         }
         self.metrics.catchups_served += 1;
-        let piece = self.config.max_message_bytes - ENVELOPE_MARGIN;
-        let total = bytes.len() as u64;
-        for (i, part) in bytes.chunks(piece).enumerate() {
-            let chunk = ReplyChunk {
-                batch,
-                total,
-                offset: (i * piece) as u64,
-                bytes: part.to_vec(),
-            };
-            self.send(
+        for bytes in messages {
+            self.send_encoded(
                 Destination::Replica(requester.clone()),
-                &Message::CatchUpReply(chunk),
+                MessageKind::CatchUpReply,
+                bytes,
             );
         }
     }
 
-    /// What `requester` asked of `replica` since `since`, if this replica
-    /// holds more and may send it: the changes since, or the whole
-    /// sub-state when the removal log does not reach back that far (then
-    /// true).
-    fn answer_part(
+    /// Whether `requester` may be answered about `replica` since `since`:
+    /// this replica holds more of it, may show it, and has not answered
+    /// the same lately or found the answer too large.
+    fn may_answer(
         &mut self,
         now: Duration,
         requester: &ReplicaId,
         replica: &ReplicaId,
         since: u64,
-    ) -> Option<(Delta<M>, bool)> {
+    ) -> bool {
         let held = self.held(replica);
         let showable = replica == self.id()
             || self
@@ -116,7 +284,7 @@ impl<M: Meta> Node<M> {
                 .get(replica)
                 .is_some_and(|r| !matches!(r.status, ReplicaStatus::Purged(_)));
         if !showable || held <= since {
-            return None;
+            return false;
         }
         // One answer per requester and replica until it could have been
         // applied: a request repeated sooner than an honest requester
@@ -129,7 +297,7 @@ impl<M: Meta> Node<M> {
             && now.saturating_sub(last.at) < self.config.catchup_timeout / 2
         {
             self.metrics.catchups_declined += 1;
-            return None;
+            return false;
         }
         // An answer already found too large is not encoded again.
         if self
@@ -138,22 +306,9 @@ impl<M: Meta> Node<M> {
             .is_some_and(|&(from, at)| at == held && since <= from)
         {
             self.metrics.catchups_declined += 1;
-            return None;
+            return false;
         }
-        if let Some(d) = self.state.changes_since(replica, since) {
-            return Some((d, false));
-        }
-        // Nor is a whole sub-state whose smallest possible encoding is too
-        // large.
-        let least = self
-            .state
-            .presences_of(replica)
-            .saturating_mul(MIN_ENTRY_BYTES);
-        if least > self.config.max_catchup_bytes {
-            self.metrics.catchups_declined += 1;
-            return None;
-        }
-        self.state.snapshot_of(replica).map(|d| (d, true))
+        true
     }
 
     // --- receiving ---------------------------------------------------------
@@ -201,17 +356,71 @@ impl<M: Meta> Node<M> {
             self.answers.remove(&key);
             return Err(ProtocolError::Invalid("catch-up pieces overlap too much"));
         }
-        let Some(whole) = assembly.add(offset, bytes) else {
+        if !assembly.add(offset, bytes) {
+            return Ok(());
+        }
+        let Some(assembly) = self.answers.remove(&key) else {
             return Ok(());
         };
-        self.answers.remove(&key);
+        let work = AnswerWork {
+            holder: sender.clone(),
+            batch,
+            assembly,
+            max_catchup_bytes: self.config.max_catchup_bytes,
+        };
+        if self.defer {
+            self.work.push_back(Work::Answer(work));
+            return Ok(());
+        }
+        let decoded = work.decode();
+        self.finish_answer(now, sender, batch, decoded)
+    }
+
+    /// [`Node::finish_answer`] as the driver calls it, with what follows
+    /// every message: refusals counted, catch-ups asked for.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::finish_answer`].
+    #[cfg(feature = "runtime")]
+    pub(crate) fn complete_answer(
+        &mut self,
+        now: Duration,
+        holder: &ReplicaId,
+        batch: u64,
+        decoded: Result<Delta<M>, ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        self.now = self.now.max(now);
+        let result = self.finish_answer(now, holder, batch, decoded);
+        if result.is_err() {
+            self.metrics.rejected += 1;
+        }
+        self.request_catchups(now);
+        result
+    }
+
+    /// Applies a whole catch-up answer from `holder` to request `batch`,
+    /// decoded by [`AnswerWork::decode`]: the part of each replica asked
+    /// of it.
+    ///
+    /// # Errors
+    ///
+    /// When the answer does not decode, says something impossible or
+    /// breaks a limit.
+    pub(crate) fn finish_answer(
+        &mut self,
+        now: Duration,
+        sender: &ReplicaId,
+        batch: u64,
+        decoded: Result<Delta<M>, ProtocolError>,
+    ) -> Result<(), ProtocolError> {
         let asked: Vec<ReplicaId> = self
             .batches
             .remove(&batch)
             .filter(|b| &b.holder == sender)
             .map(|b| b.replicas.into_iter().collect())
             .unwrap_or_default();
-        let result = self.apply_answer(now, sender, &whole);
+        let result = decoded.and_then(|delta| self.apply_answer(now, sender, delta));
         // What the answer to this request left out, the holder does not
         // hold or would not send: ask another.
         for replica in &asked {
@@ -234,15 +443,13 @@ impl<M: Meta> Node<M> {
         result
     }
 
-    /// Decodes a whole catch-up answer from `holder` and applies the part
-    /// of each replica asked of it.
+    /// Applies the part of each replica asked of `holder` in its answer.
     fn apply_answer(
         &mut self,
         now: Duration,
         holder: &ReplicaId,
-        whole: &[u8],
+        delta: Delta<M>,
     ) -> Result<(), ProtocolError> {
-        let delta: Delta<M> = wire::decode_with_limit(whole, self.config.max_catchup_bytes)?;
         // Each part: its counters one range, from a third party no further
         // than it may go (see `send_requests`). Parts of replicas not asked
         // of this holder (any more) are left out.

@@ -12,15 +12,69 @@ use std::time::Duration;
 use super::message::{DigestEntry, EntryId, EntryState, Heartbeat, Message};
 use super::remote::{id_hash, view_term};
 use super::{
-    Beat, Destination, ENVELOPE_MARGIN, Heard, MAX_INTRODUCTIONS, MAX_WANTS, Node, ReplicaStatus,
-    millis,
+    Beat, Destination, ENVELOPE_MARGIN, Heard, MAX_INTRODUCTIONS, MAX_WANTS, MessageKind, Node,
+    ReplicaStatus, ReplicaStore, Work, codec, millis,
 };
-use crate::state::{Meta, PurgeReason, ReplicaId};
+use crate::state::{Delta, Meta, PurgeReason, ReplicaId};
 
-impl<M: Meta> Node<M> {
+/// Changes this replica made through its store, left to the driver to
+/// encode as intervals outside the node's lock, then hand to
+/// [`Node::finish_broadcast`].
+#[derive(Clone)]
+pub(crate) struct BroadcastWork<M> {
+    from: u64,
+    to: u64,
+    /// The changes, each with the counter its interval starts after.
+    chunks: Vec<(u64, Delta<M>)>,
+    sender: Option<ReplicaId>,
+    /// No peer is linked: nothing is encoded (peers that come catch up).
+    unheard: bool,
+}
+
+impl<M: Meta> BroadcastWork<M> {
+    /// The interval messages, one per counter range, and the last counter
+    /// they reach.
+    pub(crate) fn encode(self) -> (u64, Vec<Vec<u8>>) {
+        if self.unheard {
+            return (self.to, Vec::new());
+        }
+        let mut chunks = self.chunks;
+        chunks.sort_by_key(|(after, _)| *after);
+        let mut groups: Vec<(u64, Delta<M>)> = Vec::new();
+        for (after, delta) in chunks {
+            match groups.last_mut() {
+                Some((last, joined)) if *last == after => joined.join(delta),
+                _ => groups.push((after, delta)),
+            }
+        }
+        let starts: Vec<u64> = groups.iter().map(|(after, _)| *after).collect();
+        let mut messages = Vec::with_capacity(groups.len());
+        for (i, (after, delta)) in groups.into_iter().enumerate() {
+            let from = if i == 0 {
+                self.from
+            } else {
+                after.max(self.from)
+            };
+            let to = starts.get(i + 1).copied().unwrap_or(self.to);
+            if from >= to {
+                continue;
+            }
+            let message = Message::Interval { from, to, delta };
+            if let Ok(bytes) = codec::encode(self.sender.as_ref(), &message) {
+                messages.push(bytes);
+            }
+        }
+        (self.to, messages)
+    }
+}
+
+impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
     // --- broadcast and heartbeats -----------------------------------------
 
-    pub(super) fn flush(&mut self) {
+    /// Broadcasts this replica's changes not sent yet. A node that defers
+    /// work leaves the encoding to its driver unless `now` says otherwise
+    /// (a leaving replica sends everything before its last heartbeat).
+    pub(super) fn flush(&mut self, now: bool) {
         for chunk in std::mem::take(&mut self.pending) {
             let message = Message::Interval {
                 from: chunk.from,
@@ -30,13 +84,37 @@ impl<M: Meta> Node<M> {
             self.send(Destination::All, &message);
             self.broadcast = chunk.to;
         }
+        if let Some((to, chunks)) = self.state.take_local() {
+            let work = BroadcastWork {
+                from: self.broadcast,
+                to,
+                chunks,
+                sender: self.named_sender(),
+                unheard: self.links.is_empty(),
+            };
+            if self.defer && !now {
+                self.work.push_back(Work::Broadcast(work));
+            } else {
+                let (to, messages) = work.encode();
+                self.finish_broadcast(to, messages);
+            }
+        }
+    }
+
+    /// Sends intervals encoded by [`BroadcastWork::encode`], which reach
+    /// counter `to`.
+    pub(crate) fn finish_broadcast(&mut self, to: u64, messages: Vec<Vec<u8>>) {
+        for bytes in messages {
+            self.send_encoded(Destination::All, MessageKind::Interval, bytes);
+        }
+        self.broadcast = self.broadcast.max(to);
     }
 
     /// The periodic broadcast: pending changes, then a heartbeat to every
     /// peer, a digest instead to one peer when this view keeps differing
     /// from most peers'.
     pub(super) fn tick(&mut self, now: Duration) {
-        self.flush();
+        self.flush(false);
         self.beat += 1;
         self.wants = self.wanted(now);
         // Once a period, not once a heartbeat: it walks every replica.

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::{Node, ProtocolError, ReplicaStatus};
+use super::{Node, ProtocolError, ReplicaStatus, ReplicaStore};
 use crate::state::{Delta, Meta, ReplicaId};
 
-impl<M: Meta> Node<M> {
+impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
     pub(super) fn on_interval(
         &mut self,
         now: Duration,

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use super::remote::{Remote, id_hash};
-use super::{Event, Heard, Node, ReplicaStatus, millis};
+use super::{Event, Heard, Node, ReplicaStatus, ReplicaStore, millis};
 use crate::state::{Incarnation, Meta, PurgeReason, ReplicaId};
 
-impl<M: Meta> Node<M> {
+impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
     // --- liveness ----------------------------------------------------------
 
     /// Starts tracking a replica heard of for the first time, hidden.

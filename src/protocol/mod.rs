@@ -53,6 +53,7 @@ mod liveness;
 pub(crate) mod message;
 mod metrics;
 mod remote;
+mod store;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -61,12 +62,20 @@ pub use config::{Config, ConfigError};
 pub use message::MessageKind;
 pub use metrics::{KindCounters, Metrics};
 pub use remote::ReplicaStatus;
+#[cfg(feature = "runtime")]
+pub(crate) use store::sealed::Sealed;
+pub use store::{LocalChanges, ReplicaStore};
 
 use crate::state::{
     Delta, Diff, Meta, PresenceId, PurgeReason, ReplicaId, State, StateError, encoded_meta_len,
 };
 use crate::wire::WireError;
-use message::{Envelope, Message};
+#[cfg(feature = "runtime")]
+pub(crate) use catchup::Built;
+pub(crate) use catchup::{AnswerWork, ServeWork};
+pub(crate) use heartbeat::BroadcastWork;
+pub(crate) use message::Envelope;
+use message::Message;
 use remote::{Assembly, Batch, Remote, id_hash};
 
 /// Where a message goes.
@@ -202,10 +211,10 @@ const MAX_INTRODUCTIONS: usize = 64;
 /// The fewest bytes one presence takes in an encoded sub-state (a topic
 /// index, a one-byte key, a one-byte meta and two counter steps): a lower
 /// bound that sizes an answer before encoding it.
-const MIN_ENTRY_BYTES: usize = 6;
+pub(crate) const MIN_ENTRY_BYTES: usize = 6;
 
 /// Bytes of a message around its payload, kept free when splitting.
-const ENVELOPE_MARGIN: usize = 1024;
+pub(crate) const ENVELOPE_MARGIN: usize = 1024;
 
 /// The most replicas one heartbeat asks to hear of.
 const MAX_WANTS: usize = 1024;
@@ -218,9 +227,12 @@ const MAX_BATCHES: usize = 8;
 const MAX_ANSWERS: usize = 16;
 
 /// One replica's protocol. See the [module docs](self).
+///
+/// It keeps the presences in a [`State`] unless given another
+/// [`ReplicaStore`] (the tokio runtime gives it one split by topic).
 #[derive(Clone)]
-pub struct Node<M> {
-    state: State<M>,
+pub struct Node<M, S = State<M>> {
+    state: S,
     config: Config,
     beat: u64,
     /// The greatest own counter broadcast.
@@ -276,6 +288,27 @@ pub struct Node<M> {
     /// The hash of this replica's view as its heartbeats carry it: taken
     /// once a period, and when a digest or an answer goes out.
     own_view: u32,
+    /// Decoding and encoding whole catch-up answers and broadcasts is left
+    /// to the driver (see [`Work`]) rather than done inside the call.
+    defer: bool,
+    work: VecDeque<Work<M>>,
+}
+
+/// What a node set to [`Node::defer_work`] leaves to its driver: the
+/// heavy parts of catch-ups and broadcasts, done outside the node's lock
+/// (decoding and encoding touch no node state), then handed back.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+pub(crate) enum Work<M> {
+    /// A whole catch-up answer arrived: decode it with
+    /// [`AnswerWork::decode`], then [`Node::finish_answer`].
+    Answer(AnswerWork),
+    /// A catch-up request to answer: build each part, encode them with
+    /// [`ServeWork::encode`], then [`Node::finish_serve`].
+    Serve(ServeWork),
+    /// This replica's changes to broadcast: [`BroadcastWork::encode`],
+    /// then [`Node::finish_broadcast`].
+    Broadcast(BroadcastWork<M>),
 }
 
 /// A catch-up answer sent: from which counter to which, and when.
@@ -285,7 +318,7 @@ struct Served {
     at: Duration,
 }
 
-impl<M: Meta> std::fmt::Debug for Node<M> {
+impl<M: Meta, S: ReplicaStore<M>> std::fmt::Debug for Node<M, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("replica", self.state.replica())
@@ -297,14 +330,14 @@ impl<M: Meta> std::fmt::Debug for Node<M> {
     }
 }
 
-impl<M: Meta> Node<M> {
+impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
     /// A node driving `state`. Its first [`Node::handle_timeout`] sends the
     /// first heartbeats.
     ///
     /// # Errors
     ///
     /// When the configuration does not validate.
-    pub fn new(state: State<M>, config: Config) -> Result<Self, ConfigError> {
+    pub fn new(state: S, config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let broadcast = state.counter();
         let state_id = state.replica().clone();
@@ -340,12 +373,35 @@ impl<M: Meta> Node<M> {
             minority: 0,
             wants: Vec::new(),
             own_view: 0,
+            defer: false,
+            work: VecDeque::new(),
         })
     }
 
     /// The replicated state, to query.
-    pub fn state(&self) -> &State<M> {
+    pub fn state(&self) -> &S {
         &self.state
+    }
+
+    /// The replicated state, to change outside the protocol (the runtime
+    /// stages prepared merges in its store).
+    #[cfg(feature = "runtime")]
+    pub(crate) fn state_mut(&mut self) -> &mut S {
+        &mut self.state
+    }
+
+    /// From now on, whole catch-up answers are decoded, catch-up answers
+    /// built and encoded, and broadcasts encoded by the driver: they come
+    /// out of [`Node::poll_work`].
+    #[cfg(feature = "runtime")]
+    pub(crate) fn defer_work(&mut self) {
+        self.defer = true;
+    }
+
+    /// The next piece of work left to the driver.
+    #[cfg(feature = "runtime")]
+    pub(crate) fn poll_work(&mut self) -> Option<Work<M>> {
+        self.work.pop_front()
     }
 
     /// This replica.
@@ -393,95 +449,6 @@ impl<M: Meta> Node<M> {
             .map(|a| a.pieces.values().map(Vec::len).sum::<usize>())
             .sum();
         intervals + pieces
-    }
-
-    // --- local mutations -------------------------------------------------
-
-    /// Tracks a presence of this replica; it is broadcast with the next
-    /// period's changes. The local diff comes out of [`Node::poll_event`].
-    ///
-    /// # Errors
-    ///
-    /// As [`State::track`]; nothing changes then.
-    pub fn track(&mut self, topic: &str, key: &str, meta: M) -> Result<PresenceId, StateError> {
-        let size = topic.len() + key.len() + encoded_meta_len(&meta)?;
-        let (id, change) = self.state.track(topic, key, meta)?;
-        let (delta, diff) = change.into_parts();
-        self.record(delta, diff, size);
-        Ok(id)
-    }
-
-    /// Replaces the meta of a presence of this replica.
-    ///
-    /// # Errors
-    ///
-    /// As [`State::update`]; nothing changes then.
-    pub fn update(&mut self, id: &PresenceId, meta: M) -> Result<(), StateError> {
-        let size = encoded_meta_len(&meta)?;
-        let change = self.state.update(id, meta)?;
-        let (delta, diff) = change.into_parts();
-        let size = size + delta.topics.iter().map(|t| t.as_str().len()).sum::<usize>() + 256;
-        self.record(delta, diff, size);
-        Ok(())
-    }
-
-    /// Untracks a presence of this replica.
-    ///
-    /// # Errors
-    ///
-    /// As [`State::untrack`]; nothing changes then.
-    pub fn untrack(&mut self, id: &PresenceId) -> Result<(), StateError> {
-        self.untrack_many(std::slice::from_ref(id))
-    }
-
-    /// Untracks several presences of this replica at once (a connection
-    /// closing).
-    ///
-    /// # Errors
-    ///
-    /// As [`State::untrack_many`]; nothing changes then.
-    pub fn untrack_many(&mut self, ids: &[PresenceId]) -> Result<(), StateError> {
-        let change = self.state.untrack_many(ids)?;
-        let (delta, diff) = change.into_parts();
-        self.record(delta, diff, 32 * ids.len());
-        Ok(())
-    }
-
-    /// Queues a local change: its delta joins the pending interval, its
-    /// diff goes to the application.
-    fn record(&mut self, delta: Delta<M>, diff: Diff<M>, size: usize) {
-        self.publish(diff);
-        let to = self.state.counter();
-        if delta
-            .context(self.id())
-            .is_some_and(|c| c.len() > self.config.max_interval_span)
-        {
-            // One change wider than an interval may be (untracking a very
-            // large batch at once): peers fetch it with a catch-up when the
-            // next heartbeat shows the counter.
-            self.flush();
-            self.broadcast = to;
-            return;
-        }
-        let limit = (self.config.max_message_bytes - ENVELOPE_MARGIN) / 2;
-        let size = size + 16;
-        let span = self.config.max_interval_span;
-        match self.pending.last_mut() {
-            Some(chunk) if chunk.bytes + size <= limit && to - chunk.from <= span => {
-                chunk.delta.join(delta);
-                chunk.to = to;
-                chunk.bytes += size;
-            }
-            last => {
-                let from = last.map_or(self.broadcast, |c| c.to);
-                self.pending.push(Chunk {
-                    from,
-                    to,
-                    delta,
-                    bytes: size,
-                });
-            }
-        }
     }
 
     // --- inputs ------------------------------------------------------------
@@ -576,7 +543,7 @@ impl<M: Meta> Node<M> {
     /// to drop this replica's presences now. Send the transmits, then stop
     /// driving this node.
     pub fn leave(&mut self, now: Duration) {
-        self.flush();
+        self.flush(true);
         let peers: Vec<ReplicaId> = self.links.keys().cloned().collect();
         for peer in peers {
             self.send_heartbeat(now, &peer, Beat::Leaving);
@@ -604,8 +571,21 @@ impl<M: Meta> Node<M> {
         from: &ReplicaId,
         bytes: &[u8],
     ) -> Result<(), ProtocolError> {
+        let decoded = codec::decode(bytes, self.config.max_message_bytes);
+        self.handle_decoded(now, from, decoded, bytes.len())
+    }
+
+    /// [`Node::handle_message`] for a message decoded beforehand with
+    /// [`decode`] (outside the node's lock), `len` bytes long.
+    pub(crate) fn handle_decoded(
+        &mut self,
+        now: Duration,
+        from: &ReplicaId,
+        decoded: Result<Envelope<M>, WireError>,
+        len: usize,
+    ) -> Result<(), ProtocolError> {
         self.now = self.now.max(now);
-        let envelope: Envelope<M> = match codec::decode(bytes, self.config.max_message_bytes) {
+        let envelope: Envelope<M> = match decoded {
             Ok(e) => e,
             Err(e) => {
                 self.metrics.rejected += 1;
@@ -622,7 +602,7 @@ impl<M: Meta> Node<M> {
             self.metrics.wrong_sender += 1;
             return Err(ProtocolError::WrongSender);
         }
-        self.metrics.count_received(message.kind(), bytes.len());
+        self.metrics.count_received(message.kind(), len);
         if &sender == self.id() {
             return Ok(());
         }
@@ -644,7 +624,7 @@ impl<M: Meta> Node<M> {
                 from: start,
                 to,
                 delta,
-            } => self.on_interval(now, &sender, (start, to), delta, bytes.len()),
+            } => self.on_interval(now, &sender, (start, to), delta, len),
             Message::CatchUpRequest { batch, items } => {
                 self.on_request(now, from, batch, items);
                 Ok(())
@@ -718,6 +698,24 @@ impl<M: Meta> Node<M> {
         }
     }
 
+    /// Queues a message encoded elsewhere (by the driver, off the lock).
+    fn send_encoded(&mut self, destination: Destination, kind: MessageKind, bytes: Vec<u8>) {
+        self.metrics.count_sent(kind, bytes.len());
+        self.transmits.push_back(Transmit {
+            destination,
+            kind,
+            bytes,
+        });
+    }
+
+    /// The sender a message names: `None` while this replica still speaks
+    /// as the incarnation its links authenticated.
+    fn named_sender(&self) -> Option<ReplicaId> {
+        Some(self.state.replica())
+            .filter(|id| **id != self.first_id)
+            .cloned()
+    }
+
     fn publish(&mut self, diff: Diff<M>) {
         self.metrics.undecodable_metas += diff.undecodable();
         self.metrics.refused_entries += diff.refused();
@@ -725,6 +723,109 @@ impl<M: Meta> Node<M> {
             self.events.push_back(Event::Diff(diff));
         }
     }
+}
+
+/// Local changes through the node: with a [`State`], the node batches them
+/// for the next broadcast itself.
+impl<M: Meta> Node<M, State<M>> {
+    // --- local mutations -------------------------------------------------
+
+    /// Tracks a presence of this replica; it is broadcast with the next
+    /// period's changes. The local diff comes out of [`Node::poll_event`].
+    ///
+    /// # Errors
+    ///
+    /// As [`State::track`]; nothing changes then.
+    pub fn track(&mut self, topic: &str, key: &str, meta: M) -> Result<PresenceId, StateError> {
+        let size = topic.len() + key.len() + encoded_meta_len(&meta)?;
+        let (id, change) = self.state.track(topic, key, meta)?;
+        let (delta, diff) = change.into_parts();
+        self.record(delta, diff, size);
+        Ok(id)
+    }
+
+    /// Replaces the meta of a presence of this replica.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::update`]; nothing changes then.
+    pub fn update(&mut self, id: &PresenceId, meta: M) -> Result<(), StateError> {
+        let size = encoded_meta_len(&meta)?;
+        let change = self.state.update(id, meta)?;
+        let (delta, diff) = change.into_parts();
+        let size = size + delta.topics.iter().map(|t| t.as_str().len()).sum::<usize>() + 256;
+        self.record(delta, diff, size);
+        Ok(())
+    }
+
+    /// Untracks a presence of this replica.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::untrack`]; nothing changes then.
+    pub fn untrack(&mut self, id: &PresenceId) -> Result<(), StateError> {
+        self.untrack_many(std::slice::from_ref(id))
+    }
+
+    /// Untracks several presences of this replica at once (a connection
+    /// closing).
+    ///
+    /// # Errors
+    ///
+    /// As [`State::untrack_many`]; nothing changes then.
+    pub fn untrack_many(&mut self, ids: &[PresenceId]) -> Result<(), StateError> {
+        let change = self.state.untrack_many(ids)?;
+        let (delta, diff) = change.into_parts();
+        self.record(delta, diff, 32 * ids.len());
+        Ok(())
+    }
+
+    /// Queues a local change: its delta joins the pending interval, its
+    /// diff goes to the application.
+    fn record(&mut self, delta: Delta<M>, diff: Diff<M>, size: usize) {
+        self.publish(diff);
+        let to = self.state.counter();
+        if delta
+            .context(self.id())
+            .is_some_and(|c| c.len() > self.config.max_interval_span)
+        {
+            // One change wider than an interval may be (untracking a very
+            // large batch at once): peers fetch it with a catch-up when the
+            // next heartbeat shows the counter.
+            self.flush(true);
+            self.broadcast = to;
+            return;
+        }
+        let limit = (self.config.max_message_bytes - ENVELOPE_MARGIN) / 2;
+        let size = size + 16;
+        let span = self.config.max_interval_span;
+        match self.pending.last_mut() {
+            Some(chunk) if chunk.bytes + size <= limit && to - chunk.from <= span => {
+                chunk.delta.join(delta);
+                chunk.to = to;
+                chunk.bytes += size;
+            }
+            last => {
+                let from = last.map_or(self.broadcast, |c| c.to);
+                self.pending.push(Chunk {
+                    from,
+                    to,
+                    delta,
+                    bytes: size,
+                });
+            }
+        }
+    }
+}
+
+/// Decodes a message of at most `max_message_bytes` for
+/// [`Node::handle_decoded`], without the node.
+#[cfg(feature = "runtime")]
+pub(crate) fn decode<M: Meta>(
+    bytes: &[u8],
+    max_message_bytes: usize,
+) -> Result<Envelope<M>, WireError> {
+    codec::decode(bytes, max_message_bytes)
 }
 
 fn millis(d: Duration) -> u64 {

@@ -174,19 +174,22 @@ pub(crate) struct Assembly {
 }
 
 impl Assembly {
-    /// Adds a piece; the whole answer once every byte has arrived.
-    pub(crate) fn add(&mut self, offset: u64, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    /// Adds a piece; true once every byte has arrived.
+    pub(crate) fn add(&mut self, offset: u64, bytes: Vec<u8>) -> bool {
         self.pieces.insert(offset, bytes);
         let mut next = 0u64;
         for (&at, piece) in &self.pieces {
             if at > next {
-                return None;
+                return false;
             }
             next = next.max(at + piece.len() as u64);
         }
-        if next < self.total {
-            return None;
-        }
+        next >= self.total
+    }
+
+    /// The whole answer from its pieces, once [`Assembly::add`] said every
+    /// byte arrived.
+    pub(crate) fn whole(&self) -> Vec<u8> {
         let mut whole = Vec::with_capacity(self.total as usize);
         for (&at, piece) in &self.pieces {
             let skip = (whole.len() as u64).saturating_sub(at) as usize;
@@ -195,7 +198,7 @@ impl Assembly {
             }
         }
         whole.truncate(self.total as usize);
-        Some(whole)
+        whole
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use super::{Shared, TrackerError};
+use super::TrackerError;
+use super::shard::Shard;
 use crate::{Meta, PresenceId};
 
 /// A presence tracked by [`Tracker::track`](super::Tracker::track). It is
@@ -10,7 +11,8 @@ use crate::{Meta, PresenceId};
 /// own) or by [`PresenceGuard::untrack`].
 #[must_use = "dropping the guard untracks the presence at once"]
 pub struct PresenceGuard<M: Meta> {
-    shared: Arc<Shared<M>>,
+    /// The topic shard the presence is in.
+    shard: Arc<Shard<M>>,
     id: PresenceId,
 }
 
@@ -23,14 +25,14 @@ impl<M: Meta> std::fmt::Debug for PresenceGuard<M> {
 }
 
 impl<M: Meta> PresenceGuard<M> {
-    pub(crate) fn new(shared: Arc<Shared<M>>, id: PresenceId) -> Self {
-        Self { shared, id }
+    pub(crate) fn new(shard: Arc<Shard<M>>, id: PresenceId) -> Self {
+        Self { shard, id }
     }
 
     /// The presence's id (its current one, should this replica have
     /// re-incarnated since it was tracked).
     pub fn id(&self) -> PresenceId {
-        self.shared.lock().current_id(&self.id)
+        self.shard.common.current_id(&self.id)
     }
 
     /// Replaces the presence's meta.
@@ -41,14 +43,7 @@ impl<M: Meta> PresenceGuard<M> {
     /// presence keeps its meta); [`TrackerError::Stopped`] after the
     /// tracker's shutdown.
     pub fn update(&self, meta: M) -> Result<(), TrackerError> {
-        let mut inner = self.shared.lock();
-        if inner.stopped {
-            return Err(TrackerError::Stopped);
-        }
-        let id = inner.current_id(&self.id);
-        inner.node.update(&id, meta)?;
-        inner.dispatch();
-        Ok(())
+        self.shard.update(&self.id, meta)
     }
 
     /// Untracks the presence now.
@@ -59,11 +54,6 @@ impl<M: Meta> PresenceGuard<M> {
 
 impl<M: Meta> Drop for PresenceGuard<M> {
     fn drop(&mut self) {
-        let mut inner = self.shared.lock();
-        let id = inner.current_id(&self.id);
-        inner.forget(&self.id);
-        if inner.node.untrack(&id).is_ok() {
-            inner.dispatch();
-        }
+        self.shard.untrack(&self.id);
     }
 }

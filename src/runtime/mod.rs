@@ -1,13 +1,18 @@
 //! The tokio runtime: a [`Tracker`] drives one replica's protocol over a
 //! transport, and is what applications hold.
 //!
-//! The replica's state sits behind one short lock shared by the handle and
-//! a driver task. Local operations take the lock, change the state and
-//! return: once [`Tracker::track`] returns, [`Tracker::list`] on that
-//! replica shows the presence. The driver task sleeps until the protocol's
-//! next deadline or the next transport event, feeds it to the protocol, and
-//! sends what the protocol wants sent. The lock is never held across an
-//! `.await`.
+//! The replica's presences are split by topic into shards, each behind a
+//! short lock of its own; one protocol node, behind another, keeps the
+//! replica's liveness, heartbeats and catch-ups for all of them. Local
+//! operations take their topic's shard lock, change it and return: once
+//! [`Tracker::track`] returns, [`Tracker::list`] on that replica shows the
+//! presence, and calls on topics of different shards never wait for each
+//! other. A driver task sleeps until the protocol's next deadline or the
+//! next transport event, feeds it to the protocol, and sends what the
+//! protocol wants sent; what takes long (decoding large messages, merging
+//! large catch-ups, building and encoding catch-up answers and broadcasts)
+//! runs on tokio's blocking threads, outside every lock, and is swapped in
+//! under the locks in bounded time. No lock is held across an `.await`.
 //!
 //! A [`TrackerBuilder`] takes the protocol's periods and bounds as a
 //! [`Config`] and the state's size limits as
@@ -39,17 +44,21 @@
 //! # }
 //! ```
 
+mod driver;
+mod feed;
 mod guard;
+mod lock;
+mod shard;
+mod store;
 mod subscription;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -57,15 +66,13 @@ pub use guard::PresenceGuard;
 pub use subscription::{Subscription, SubscriptionEvent};
 
 use crate::log_budget::LogBudget;
-use crate::protocol::{Config, ConfigError, Event, Metrics, Node, ReplicaStatus};
-use crate::state::group_by_key;
+use crate::protocol::{Config, ConfigError, Metrics, Node, ReplicaStatus};
 use crate::transport::tcp::Keyring;
-use crate::transport::{StatsReader, Transport, TransportError, TransportEvent, TransportStats};
-use crate::{
-    Incarnation, KeyGroup, Limits, Meta, Presence, PresenceId, ReplicaId, ReplicaName, State,
-    StateError,
-};
-use subscription::{Subscriber, Subscribers, publish};
+use crate::transport::{StatsReader, Transport, TransportError, TransportStats};
+use crate::{Incarnation, KeyGroup, Limits, Meta, Presence, ReplicaId, ReplicaName, StateError};
+use lock::{LockStats, TimedGuard, TimedMutex};
+use shard::{Common, Shard, shard_of};
+use store::Store;
 
 /// Why a tracker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +117,7 @@ pub struct TrackerBuilder<M> {
     config: Config,
     limits: Limits,
     subscriber_queue: usize,
+    shards: usize,
     incarnation: Option<Incarnation>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::tls::TlsConfig>,
@@ -129,6 +137,7 @@ impl<M> std::fmt::Debug for TrackerBuilder<M> {
             .field("config", &self.config)
             .field("limits", &self.limits)
             .field("subscriber_queue", &self.subscriber_queue)
+            .field("shards", &self.shards)
             .field("incarnation", &self.incarnation);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
@@ -210,6 +219,15 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// (default 1024).
     pub fn subscriber_queue(mut self, diffs: usize) -> Self {
         self.subscriber_queue = diffs.max(1);
+        self
+    }
+
+    /// How many topic shards hold the presences (default 16, at most
+    /// 1024): calls on topics of different shards run in parallel. Every
+    /// shard shares the replica's one protocol node: the number of shards
+    /// changes nothing on the wire.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.clamp(1, 1024);
         self
     }
 
@@ -371,27 +389,46 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
 
     fn launch<T: Transport>(self, id: ReplicaId, transport: T) -> Result<Tracker<M>, StartError> {
         self.config.validate()?;
-        let state = State::builder(id.clone()).limits(self.limits).build();
-        let node = Node::new(state, self.config)?;
+        let locks = Arc::new(LockStats::default());
+        // An interval may fill half a message by the estimate, as the
+        // node's own batching does.
+        let budget = (self.config.max_message_bytes - crate::protocol::ENVELOPE_MARGIN) / 2;
+        let common = Arc::new(Common::new(
+            id.clone(),
+            self.limits.clone(),
+            self.subscriber_queue,
+            (self.config.max_interval_span, budget),
+            locks.clone(),
+        ));
+        let shards: Arc<[Arc<Shard<M>>]> = (0..self.shards)
+            .map(|_| Arc::new(Shard::new(id.clone(), common.clone())))
+            .collect();
+        let store = Store::new(id.clone(), shards.clone(), common.clone());
+        let mut node = Node::new(store, self.config.clone())?;
+        node.defer_work();
         let transport_stats = transport.stats_reader();
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                node,
-                subscribers: Subscribers::default(),
-                peers_up: 0,
-                renamed: HashMap::new(),
-                stopped: false,
-                refusal_log: LogBudget::default(),
-            }),
+            node: TimedMutex::new(
+                Driven {
+                    node,
+                    peers_up: 0,
+                    refusal_log: LogBudget::default(),
+                    refused_seen: 0,
+                },
+                locks.clone(),
+                "node",
+            ),
+            shards,
+            common,
+            locks,
             origin: Instant::now(),
-            next_subscriber: AtomicU64::new(0),
-            subscriber_queue: self.subscriber_queue,
+            max_message_bytes: self.config.max_message_bytes,
             transport_stats,
         });
         let (commands, rx) = mpsc::channel(16);
         let span = tracing::info_span!("tracker", replica = %id);
         tokio::spawn(tracing::Instrument::instrument(
-            drive(shared.clone(), transport, rx),
+            driver::drive(shared.clone(), transport, rx),
             span,
         ));
         tracing::info!(replica = %id, "tracker started");
@@ -419,7 +456,7 @@ pub struct Tracker<M: Meta> {
 impl<M: Meta> std::fmt::Debug for Tracker<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracker")
-            .field("id", &self.shared.lock().node.id())
+            .field("id", self.shared.lock().node.id())
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
@@ -437,7 +474,7 @@ impl<M: Meta> Clone for Tracker<M> {
 }
 
 /// What the driver task is asked to do.
-enum Command {
+pub(crate) enum Command {
     AddPeer(SocketAddr, oneshot::Sender<Result<(), TransportError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -459,6 +496,16 @@ pub struct TrackerMetrics {
     /// The transport's own counters, when it keeps any (the TCP mesh does:
     /// [`TransportStats::Tcp`]; so does NATS, under the `nats` feature).
     pub transport: Option<TransportStats>,
+    /// The longest any of the tracker's locks was held since it started
+    /// (or since [`Tracker::reset_longest_lock_hold`]): the longest any
+    /// call could have waited for one.
+    pub longest_lock_hold: Duration,
+    /// How many holds of the tracker's locks lasted longer than a
+    /// millisecond, over the same time.
+    pub lock_holds_over_1ms: u64,
+    /// Which lock was held longest: `node` (the protocol's), `shard` (a
+    /// topic shard's), `feed` (a topic's diffs) or `renamed`.
+    pub longest_held_lock: &'static str,
 }
 
 impl<M: Meta + Send + Sync + 'static> Tracker<M> {
@@ -473,6 +520,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
             config: Config::default(),
             limits: Limits::default(),
             subscriber_queue: 1024,
+            shards: 16,
             incarnation: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -508,62 +556,33 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
     /// or too many presences; [`TrackerError::Stopped`] after
     /// [`Tracker::shutdown`].
     pub fn track(&self, topic: &str, key: &str, meta: M) -> Result<PresenceGuard<M>, TrackerError> {
-        let mut inner = self.shared.lock();
-        if inner.stopped {
-            return Err(TrackerError::Stopped);
-        }
-        let id = inner.node.track(topic, key, meta)?;
-        inner.dispatch();
-        Ok(PresenceGuard::new(self.shared.clone(), id))
+        let shard = self.shared.shard(topic);
+        let id = shard.track(topic, key, meta)?;
+        Ok(PresenceGuard::new(shard.clone(), id))
     }
 
     /// The visible presences on `topic`, grouped by key in key order.
     pub fn list(&self, topic: &str) -> Vec<KeyGroup<M>> {
-        let inner = self.shared.lock();
-        group_by_key(inner.node.state().presences(topic))
+        let (presences, _) = self.shared.shard(topic).snapshot(topic, false);
+        subscription::sorted(presences)
     }
 
-    /// The visible presences under `key` on `topic`.
+    /// The visible presences under `key` on `topic`, in id order.
     pub fn get(&self, topic: &str, key: &str) -> Vec<Presence<M>> {
-        let inner = self.shared.lock();
-        let mut found = inner.node.state().presences(topic);
-        found.retain(|p| p.key().as_str() == key);
+        let mut found = self.shared.shard(topic).get(topic, key);
+        found.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         found
     }
 
-    /// How many visible presences `topic` has. O(1).
+    /// How many visible presences `topic` has: O(replicas shown).
     pub fn count(&self, topic: &str) -> usize {
-        self.shared.lock().node.state().count(topic)
+        self.shared.shard(topic).count(topic)
     }
 
     /// The list of `topic` now and a stream of every change after it. The
     /// stream ends once the tracker stops.
     pub fn subscribe(&self, topic: &str) -> Subscription<M> {
-        let (tx, rx) = mpsc::channel(self.shared.subscriber_queue);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let id = self.shared.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let mut inner = self.shared.lock();
-        let list = group_by_key(inner.node.state().presences(topic));
-        if !inner.stopped {
-            // After a stop no sender is kept: the stream ends at once.
-            inner
-                .subscribers
-                .entry(topic.to_string())
-                .or_default()
-                .push(Subscriber {
-                    id,
-                    tx,
-                    lagged: Arc::clone(&lagged),
-                });
-        }
-        drop(inner);
-        Subscription::new(
-            list,
-            topic.to_string(),
-            id,
-            (rx, lagged),
-            self.shared.clone(),
-        )
+        Subscription::new(topic, self.shared.shard(topic).clone())
     }
 
     /// The other replicas known here and where they stand.
@@ -578,23 +597,33 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
 
     /// Counters: traffic, replicas, presences per topic.
     pub fn metrics(&self) -> TrackerMetrics {
-        let inner = self.shared.lock();
-        let statuses: Vec<ReplicaStatus> = inner.node.replicas().map(|(_, s)| s).collect();
+        let (protocol, statuses, peers_up) = {
+            let inner = self.shared.lock();
+            let statuses: Vec<ReplicaStatus> = inner.node.replicas().map(|(_, s)| s).collect();
+            (inner.node.metrics().clone(), statuses, inner.peers_up)
+        };
         let up = statuses.iter().filter(|s| **s == ReplicaStatus::Up).count();
+        let mut presences = BTreeMap::new();
+        for shard in self.shared.shards.iter() {
+            shard.add_counts(&mut presences);
+        }
         TrackerMetrics {
-            protocol: inner.node.metrics().clone(),
+            protocol,
             replicas_up: up,
             replicas_not_up: statuses.len() - up,
-            peers_connected: inner.peers_up,
-            presences: inner
-                .node
-                .state()
-                .topics()
-                .into_iter()
-                .map(|(t, n)| (t.as_str().to_string(), n))
-                .collect(),
+            peers_connected: peers_up,
+            presences,
             transport: self.shared.transport_stats.as_ref().map(StatsReader::read),
+            longest_lock_hold: self.shared.locks.longest(),
+            lock_holds_over_1ms: self.shared.locks.long_holds(),
+            longest_held_lock: self.shared.locks.longest_lock(),
         }
+    }
+
+    /// Starts measuring [`TrackerMetrics::longest_lock_hold`] and
+    /// [`TrackerMetrics::lock_holds_over_1ms`] afresh.
+    pub fn reset_longest_lock_hold(&self) {
+        self.shared.locks.reset();
     }
 
     /// Connects to one more peer.
@@ -625,196 +654,44 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
 
 /// What the handles and the driver task share.
 pub(crate) struct Shared<M> {
-    inner: Mutex<Inner<M>>,
+    /// The protocol node and what only the driver changes.
+    node: TimedMutex<Driven<M>>,
+    shards: Arc<[Arc<Shard<M>>]>,
+    common: Arc<Common>,
+    locks: Arc<LockStats>,
     /// Protocol time is measured from here.
     origin: Instant,
-    next_subscriber: AtomicU64,
-    subscriber_queue: usize,
+    max_message_bytes: usize,
     transport_stats: Option<StatsReader>,
 }
 
-pub(crate) struct Inner<M> {
-    pub(crate) node: Node<M>,
-    pub(crate) subscribers: Subscribers<M>,
+/// The protocol node of a tracker, behind its lock.
+pub(crate) struct Driven<M> {
+    node: Node<M, Store<M>>,
     peers_up: usize,
-    /// Presences that got new ids when this replica re-incarnated: the id
-    /// their guard holds to the current one.
-    renamed: HashMap<PresenceId, PresenceId>,
-    /// The driver task ended: calls that change something are refused.
-    pub(crate) stopped: bool,
     /// Refused messages logged this second.
     refusal_log: LogBudget,
+    /// Entries refused for this replica's limits, as last logged.
+    refused_seen: u64,
 }
 
-impl<M> Shared<M> {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<M>> {
-        // Nothing under the lock panics on input; should a bug panic there,
-        // the state is still consistent (every change is planned first).
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+impl<M: Meta> Shared<M> {
+    fn lock(&self) -> TimedGuard<'_, Driven<M>> {
+        self.node.lock()
     }
 
     fn now(&self) -> Duration {
         self.origin.elapsed()
     }
-}
 
-impl<M: Meta> Inner<M> {
-    /// The current id of the presence a guard tracked as `id`.
-    pub(crate) fn current_id(&self, id: &PresenceId) -> PresenceId {
-        self.renamed.get(id).unwrap_or(id).clone()
-    }
-
-    /// Forgets a guard's presence.
-    pub(crate) fn forget(&mut self, id: &PresenceId) {
-        self.renamed.remove(id);
+    fn shard(&self, topic: &str) -> &Arc<Shard<M>> {
+        &self.shards[shard_of(topic, self.shards.len())]
     }
 
     /// The driver task ends: refuse changes from now on, and end every
-    /// subscription's stream (its sender is dropped here).
-    fn stop(&mut self) {
-        self.stopped = true;
-        self.subscribers.clear();
+    /// subscription's stream.
+    fn stop(&self, driven: &mut Driven<M>) {
+        self.common.stopped.store(true, Ordering::Release);
+        driven.node.state_mut().close();
     }
-
-    /// Hands the protocol's events to subscribers and logs.
-    pub(crate) fn dispatch(&mut self) {
-        while let Some(event) = self.node.poll_event() {
-            match event {
-                Event::Diff(diff) => {
-                    if diff.refused() > 0 {
-                        tracing::warn!(
-                            refused = diff.refused(),
-                            "presences over this replica's topic or key limits were not taken"
-                        );
-                    }
-                    for (topic, changes) in diff.into_topics() {
-                        publish(&mut self.subscribers, topic.as_str(), changes);
-                    }
-                }
-                Event::ReplicaUp(id) => tracing::info!(peer = %id, "replica up"),
-                Event::ReplicaDown(id) => tracing::warn!(peer = %id, "replica down"),
-                Event::ReplicaPurged(id, reason) => {
-                    tracing::info!(peer = %id, ?reason, "replica purged");
-                }
-                Event::Reincarnated { replica, renamed } => {
-                    tracing::warn!(%replica, "a newer incarnation of this name appeared: moved above it");
-                    let moved: HashMap<PresenceId, PresenceId> = renamed.into_iter().collect();
-                    for current in self.renamed.values_mut() {
-                        if let Some(new) = moved.get(current) {
-                            *current = new.clone();
-                        }
-                    }
-                    for (old, new) in moved {
-                        self.renamed.entry(old).or_insert(new);
-                    }
-                }
-                Event::NameConflict(id) => {
-                    tracing::error!(replica = %id, "another process runs under this replica's name");
-                }
-            }
-        }
-    }
-}
-
-/// The driver task: feeds the protocol its deadlines and the transport's
-/// events, and hands the transport what the protocol sends.
-async fn drive<M: Meta, T: Transport>(
-    shared: Arc<Shared<M>>,
-    mut transport: T,
-    mut commands: mpsc::Receiver<Command>,
-) {
-    loop {
-        let deadline = shared.origin + shared.lock().node.poll_timeout();
-        tokio::select! {
-            command = commands.recv() => match command {
-                Some(Command::AddPeer(address, reply)) => {
-                    let _ = reply.send(transport.add_peer(address));
-                }
-                Some(Command::Shutdown(done)) => {
-                    leave(&shared, &mut transport).await;
-                    let _ = done.send(());
-                    return;
-                }
-                // Every handle is gone: leave as on shutdown.
-                None => {
-                    leave(&shared, &mut transport).await;
-                    return;
-                }
-            },
-            event = transport.recv() => {
-                let Some(event) = event else {
-                    tracing::warn!("transport closed");
-                    shared.lock().stop();
-                    return;
-                };
-                let outgoing = {
-                    let mut inner = shared.lock();
-                    let now = shared.now();
-                    match event {
-                        TransportEvent::Connected(peer) => {
-                            tracing::debug!(%peer, "link up");
-                            inner.peers_up += 1;
-                            inner.node.peer_connected(now, peer);
-                        }
-                        TransportEvent::Message { from, bytes } => {
-                            if let Err(error) = inner.node.handle_message(now, &from, &bytes) {
-                                // Counted in the protocol's metrics; logged
-                                // a few a second.
-                                let (log, unlogged) = inner.refusal_log.take();
-                                if unlogged > 0 {
-                                    tracing::warn!(unlogged, "refused messages not logged in the last second");
-                                }
-                                if log {
-                                    tracing::warn!(%error, peer = %from, "message refused");
-                                }
-                            }
-                        }
-                        TransportEvent::LinkLost(peer) => {
-                            tracing::debug!(%peer, "link lost");
-                            inner.peers_up = inner.peers_up.saturating_sub(1);
-                            inner.node.link_lost(now, &peer);
-                        }
-                    }
-                    inner.dispatch();
-                    take_transmits(&mut inner)
-                };
-                for (to, bytes) in outgoing {
-                    transport.send(&to, bytes);
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                let outgoing = {
-                    let mut inner = shared.lock();
-                    let now = shared.now();
-                    inner.node.handle_timeout(now);
-                    inner.dispatch();
-                    take_transmits(&mut inner)
-                };
-                for (to, bytes) in outgoing {
-                    transport.send(&to, bytes);
-                }
-            }
-        }
-    }
-}
-
-/// Tells every peer this replica leaves, and closes the transport.
-async fn leave<M: Meta, T: Transport>(shared: &Shared<M>, transport: &mut T) {
-    let outgoing = {
-        let mut inner = shared.lock();
-        inner.node.leave(shared.now());
-        inner.stop();
-        take_transmits(&mut inner)
-    };
-    for (to, bytes) in outgoing {
-        transport.send(&to, bytes);
-    }
-    transport.close().await;
-    tracing::info!("tracker stopped");
-}
-
-fn take_transmits<M: Meta>(inner: &mut Inner<M>) -> Vec<(crate::protocol::Destination, Bytes)> {
-    std::iter::from_fn(|| inner.node.poll_transmit())
-        .map(|t| (t.destination, Bytes::from(t.bytes)))
-        .collect()
 }

@@ -18,6 +18,8 @@ mod lifecycle;
 mod limits;
 mod merge;
 mod replica;
+#[cfg(feature = "runtime")]
+mod sharding;
 mod slab;
 pub(crate) mod store;
 mod view;
@@ -45,6 +47,8 @@ pub(crate) use delta::{Part, PartEntry, Removal};
 use diff::DiffBuilder;
 use hashbrown::HashMap;
 use replica::ReplicaSlot;
+#[cfg(feature = "runtime")]
+pub(crate) use sharding::HeldEntry;
 use slab::Slab;
 use smallvec::SmallVec;
 use store::{Payload, Place, Store};

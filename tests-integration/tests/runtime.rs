@@ -331,3 +331,258 @@ async fn a_replica_that_moves_to_a_newer_incarnation_is_still_reached() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A list as rows, replayed with one subscription event: joins must be
+/// new, leaves and updates must find what they name.
+fn replay(view: &mut BTreeSet<(String, String, String)>, event: SubscriptionEvent<String>) {
+    match event {
+        SubscriptionEvent::Diff(d) => {
+            for p in d.leaves() {
+                let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
+                assert!(
+                    view.remove(&row),
+                    "a leave of a presence not listed: {row:?}"
+                );
+            }
+            for u in d.updates() {
+                let old = (
+                    u.key().to_string(),
+                    u.id().to_string(),
+                    u.old_meta().clone(),
+                );
+                assert!(
+                    view.remove(&old),
+                    "an update of a presence not listed: {old:?}"
+                );
+                view.insert((u.key().to_string(), u.id().to_string(), u.meta().clone()));
+            }
+            for p in d.joins() {
+                let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
+                assert!(
+                    view.insert(row.clone()),
+                    "a join of a presence listed: {row:?}"
+                );
+            }
+        }
+        SubscriptionEvent::Resync(list) => *view = rows(&list),
+        other => panic!("unexpected event {other:?}"),
+    }
+}
+
+/// Starts a tracker on real time, for tests that race OS threads.
+fn start_live(network: &MemoryNetwork, name: &str) -> T {
+    start(network, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_list_ever_shows_part_of_a_catch_up() {
+    // Large enough that the catch-up is decoded and merged off the locks,
+    // and takes long enough to be listed many times meanwhile.
+    const HELD: usize = 60_000;
+    let network = MemoryNetwork::new();
+    let a = start_live(&network, "a");
+    let guards: Vec<_> = (0..HELD)
+        .map(|i| {
+            a.track("big", &format!("user:{i}"), "web".into())
+                .expect("tracks")
+        })
+        .collect();
+    let b = start_live(&network, "b");
+    let lister = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            loop {
+                let listed: usize = b.list("big").iter().map(|g| g.presences.len()).sum();
+                let counted = b.count("big");
+                seen.push((listed, counted));
+                if listed == HELD && counted == HELD {
+                    return seen;
+                }
+                std::thread::yield_now();
+            }
+        })
+    };
+    let seen = tokio::task::spawn_blocking(move || lister.join().expect("the lister"))
+        .await
+        .expect("joins");
+    assert!(
+        seen.iter().any(|&(listed, _)| listed == 0),
+        "listed before the catch-up ended"
+    );
+    for (listed, counted) in seen {
+        assert!(
+            listed == 0 || listed == HELD,
+            "a list showed {listed} of {HELD} presences"
+        );
+        assert!(
+            counted == 0 || counted == HELD,
+            "a count showed {counted} of {HELD} presences"
+        );
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+    drop(guards);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_diff_stream_is_atomic_with_lists_per_topic() {
+    // Subscriptions taken on two topics while a peer's large catch-up
+    // lands on one, and local tracks, updates and untracks go on on both
+    // from another thread: each list replayed with its diffs is the live
+    // list, with no join seen twice and no leave of a presence not listed.
+    const HELD: usize = 20_000;
+    let network = MemoryNetwork::new();
+    let a = start_live(&network, "a");
+    let remote: Vec<_> = (0..HELD)
+        .map(|i| {
+            a.track("shared", &format!("remote:{i}"), "web".into())
+                .expect("tracks")
+        })
+        .collect();
+    let b = start_live(&network, "b");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (b, stop) = (b.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let topic = if i.is_multiple_of(2) {
+                    "shared"
+                } else {
+                    "other"
+                };
+                held.push(
+                    b.track(topic, &format!("local:{i}"), "x".into())
+                        .expect("tracks"),
+                );
+                if i.is_multiple_of(3) {
+                    held[0].update(format!("v{i}")).expect("updates");
+                }
+                if held.len() > 50 {
+                    drop(held.swap_remove(7));
+                }
+                i += 1;
+            }
+            held
+        })
+    };
+    let mut subscriptions = Vec::new();
+    for round in 0..40 {
+        for topic in ["shared", "other"] {
+            let sub = b.subscribe(topic);
+            let view = rows(sub.list());
+            subscriptions.push((sub, view));
+        }
+        if round % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::task::yield_now().await;
+    }
+    while b.count("shared") < HELD {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let local = tokio::task::spawn_blocking(move || writer.join().expect("the writer"))
+        .await
+        .expect("joins");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (mut sub, mut view) in subscriptions {
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(50), sub.next()).await
+        {
+            replay(&mut view, event);
+        }
+        assert_eq!(view, rows(&b.list(sub.topic())), "topic {}", sub.topic());
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+    drop((local, remote));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_other_threads_write_misses_and_repeats_nothing() {
+    let network = MemoryNetwork::new();
+    let a = start_live(&network, "a");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (a, stop) = (a.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    held.push_back(
+                        a.track("room", &format!("w{w}:{i}"), format!("{i}"))
+                            .expect("tracks"),
+                    );
+                    if i % 4 == 1 {
+                        held.back().map(|g| g.update(format!("u{i}")));
+                    }
+                    if held.len() > 20 {
+                        held.pop_front();
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut subscriptions = Vec::new();
+    for _ in 0..200 {
+        let sub = a.subscribe("room");
+        let view = rows(sub.list());
+        subscriptions.push((sub, view));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        tokio::task::spawn_blocking(move || w.join().expect("a writer"))
+            .await
+            .expect("joins");
+    }
+    for (mut sub, mut view) in subscriptions {
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(20), sub.next()).await
+        {
+            replay(&mut view, event);
+        }
+        assert_eq!(view, rows(&a.list("room")));
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_subscriber_is_told_at_once_and_skips_what_it_missed() {
+    let network = MemoryNetwork::new();
+    let a: T = Tracker::builder("a")
+        .config(config())
+        .subscriber_queue(4)
+        .start_with(|id| network.join(id))
+        .expect("starts");
+    let mut sub = a.subscribe("room");
+    let mut guards: Vec<_> = (0..1_000)
+        .map(|i| {
+            a.track("room", &format!("u{i}"), "x".into())
+                .expect("tracks")
+        })
+        .collect();
+    // A thousand diffs came while it held four: the first event is the
+    // whole list now, not one of the diffs it missed.
+    match sub.next().await {
+        Some(SubscriptionEvent::Resync(list)) => assert_eq!(rows(&list), rows(&a.list("room"))),
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    // Then only what changed after it.
+    drop(guards.pop());
+    match sub.next().await {
+        Some(SubscriptionEvent::Diff(d)) => {
+            assert_eq!(d.leaves().len(), 1);
+            assert_eq!(d.leaves()[0].key().as_str(), "u999");
+        }
+        other => panic!("expected the leave, got {other:?}"),
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(10), sub.next()).await;
+    assert!(nothing.is_err(), "nothing stale follows: {nothing:?}");
+    a.shutdown().await;
+}
