@@ -391,11 +391,11 @@ async fn a_catch_up_larger_than_max_payload_arrives_in_pieces() {
                 .expect("tracks")
         })
         .collect();
-    // b starts after a broadcast all of it: b gets it by catch-up.
-    until("a broadcast its changes", Duration::from_secs(5), || {
-        stats(&a).messages_split > 0
-    })
-    .await;
+    // With no peer linked, a's next period drops these changes instead of
+    // broadcasting them (peers that come later catch up): b, started three
+    // periods later, can only get them by catch-up. The wait orders the two
+    // starts; nothing is timed by it.
+    tokio::time::sleep(PERIOD * 3).await;
     let b = start("b", &server.url()).await;
     until("b caught up a's presences", Duration::from_secs(10), || {
         b.count("big") == 400
@@ -403,10 +403,7 @@ async fn a_catch_up_larger_than_max_payload_arrives_in_pieces() {
     .await;
     let (sa, sb) = (stats(&a), stats(&b));
     assert_eq!(sa.max_payload, 16384);
-    assert!(
-        sa.messages_split >= 2,
-        "the interval and the catch-up: {sa:?}"
-    );
+    assert!(sa.messages_split >= 1, "the catch-up answer: {sa:?}");
     assert!(sb.messages_joined >= 1, "{sb:?}");
     assert!(b.metrics().protocol.catchups_requested >= 1);
     assert_eq!(sb.pieces_dropped, 0);
