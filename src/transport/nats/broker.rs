@@ -307,7 +307,6 @@ struct Writer<'a> {
 impl Writer<'_> {
     async fn write(&self, framer: &mut Framer, item: Outgoing) {
         let subjects = &self.shared.subjects;
-        let me = subjects.my_token();
         match item {
             Outgoing::Broadcast(bytes) => {
                 let subject = subjects.broadcast();
@@ -326,15 +325,7 @@ impl Writer<'_> {
                     .await;
             }
             Outgoing::Probe(nonce) => {
-                for (stream, subject, reply) in [
-                    (Stream::Broadcast, subjects.broadcast(), None),
-                    (
-                        Stream::Request,
-                        subjects.request(me),
-                        Some(subjects.reply_from(me)),
-                    ),
-                    (Stream::Inbox, subjects.inbox(me), None),
-                ] {
+                for (stream, subject, reply) in subjects.own() {
                     let frames = framer.frames(stream, &subject, true, &nonce, 1 << 16);
                     for f in frames.into_iter().flatten() {
                         self.publish(&subject, reply.clone(), f).await;

@@ -34,15 +34,7 @@ pub(crate) async fn check(
     let subjects = &shared.subjects;
     let me = subjects.my_token();
     let mut framer = Framer::new(&shared.me, shared.key.clone());
-    for (stream, subject, reply) in [
-        (Stream::Broadcast, subjects.broadcast(), None),
-        (
-            Stream::Request,
-            subjects.request(me),
-            Some(subjects.reply_from(me)),
-        ),
-        (Stream::Inbox, subjects.inbox(me), None),
-    ] {
+    for (stream, subject, reply) in subjects.own() {
         for f in framer
             .frames(stream, &subject, true, nonce, 1 << 16)
             .into_iter()

@@ -147,6 +147,17 @@ impl Subjects {
         format!("{}.inbox.{}.{holder}", self.base, self.me)
     }
 
+    /// A probe of this replica's own permissions: one subject per stream,
+    /// addressed to itself, with the reply subject a request carries.
+    pub(crate) fn own(&self) -> [(Stream, String, Option<String>); 3] {
+        let me = self.my_token();
+        [
+            (Stream::Broadcast, self.broadcast(), None),
+            (Stream::Request, self.request(me), Some(self.reply_from(me))),
+            (Stream::Inbox, self.inbox(me), None),
+        ]
+    }
+
     /// The three subscriptions: every broadcast, requests to this replica,
     /// its inbox.
     pub(crate) fn subscriptions(&self) -> [String; 3] {
