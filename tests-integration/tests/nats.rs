@@ -87,6 +87,21 @@ async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> 
     started.elapsed()
 }
 
+/// Waits until every tracker lists exactly `expected` under "room";
+/// fails after `within`.
+async fn until_all_list(
+    what: &str,
+    within: Duration,
+    trackers: &[&T],
+    expected: &[&str],
+) -> Duration {
+    let expected = set(expected);
+    until(what, within, || {
+        trackers.iter().all(|t| keys(t, "room") == expected)
+    })
+    .await
+}
+
 fn track(t: &T, key: &str) -> PresenceGuard<String> {
     t.track("room", key, "web".into()).expect("tracks")
 }
@@ -108,11 +123,11 @@ async fn three_replicas_converge_through_one_server() {
     let alice = track(&a, "alice");
     let _bob = track(&b, "bob");
     let _carol = track(&c, "carol");
-    let all = set(&["alice", "bob", "carol"]);
-    let took = until(
+    let took = until_all_list(
         "all three list every presence",
         Duration::from_secs(10),
-        || [&a, &b, &c].iter().all(|t| keys(t, "room") == all),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol"],
     )
     .await;
     eprintln!("3 replicas, one server: converged in {took:?}");
@@ -174,11 +189,11 @@ async fn three_replicas_converge_through_a_cluster_one_node_each() {
         start("c", &nodes[2].url()).await,
     );
     let _g = [track(&a, "alice"), track(&b, "bob"), track(&c, "carol")];
-    let all = set(&["alice", "bob", "carol"]);
-    let took = until(
+    let took = until_all_list(
         "all three list every presence",
         Duration::from_secs(10),
-        || [&a, &b, &c].iter().all(|t| keys(t, "room") == all),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol"],
     )
     .await;
     eprintln!("3 replicas on 3 NATS nodes: converged in {took:?}");
@@ -194,20 +209,22 @@ async fn a_replica_whose_node_dies_fails_over_and_the_cluster_converges() {
         start("c", &nodes[2].url()).await,
     );
     let mut guards = vec![track(&a, "alice"), track(&b, "bob"), track(&c, "carol")];
-    let all = set(&["alice", "bob", "carol"]);
-    until("all three converge", Duration::from_secs(10), || {
-        [&a, &b, &c].iter().all(|t| keys(t, "room") == all)
-    })
+    until_all_list(
+        "all three converge",
+        Duration::from_secs(10),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol"],
+    )
     .await;
 
     nodes[0].kill();
     guards.push(track(&a, "dave"));
     guards.push(track(&b, "erin"));
-    let all = set(&["alice", "bob", "carol", "dave", "erin"]);
-    let took = until(
+    let took = until_all_list(
         "the cluster converges after a's node died",
         Duration::from_secs(10),
-        || [&a, &b, &c].iter().all(|t| keys(t, "room") == all),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol", "dave", "erin"],
     )
     .await;
     eprintln!("a's NATS node killed: converged again {took:?} later");
@@ -270,10 +287,12 @@ async fn replicas_reconverge_when_the_only_server_returns_and_none_is_marked_dow
     // The outage: well under down_period.
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.restart();
-    let all = set(&["alice", "carol", "dave", "erin"]);
-    let took = until("all three converge again", Duration::from_secs(10), || {
-        [&a, &b, &c].iter().all(|t| keys(t, "room") == all)
-    })
+    let took = until_all_list(
+        "all three converge again",
+        Duration::from_secs(10),
+        &[&a, &b, &c],
+        &["alice", "carol", "dave", "erin"],
+    )
     .await;
     eprintln!(
         "server down {:?}: converged {took:?} after it returned",
@@ -330,10 +349,12 @@ async fn a_route_partition_hides_each_side_after_down_period_and_heals() {
         start_with("c", nats(&[n2.url()]), down).await,
     );
     let mut guards = vec![track(&a, "alice"), track(&b, "bob"), track(&c, "carol")];
-    let all = set(&["alice", "bob", "carol"]);
-    until("all three converge", Duration::from_secs(10), || {
-        [&a, &b, &c].iter().all(|t| keys(t, "room") == all)
-    })
+    until_all_list(
+        "all three converge",
+        Duration::from_secs(10),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol"],
+    )
     .await;
 
     to_n1.cut();
@@ -367,11 +388,11 @@ async fn a_route_partition_hides_each_side_after_down_period_and_heals() {
 
     to_n1.heal();
     to_n2.heal();
-    let all = set(&["alice", "bob", "carol", "dave"]);
-    let took = until(
+    let took = until_all_list(
         "the sides converge after the heal",
         Duration::from_secs(15),
-        || [&a, &b, &c].iter().all(|t| keys(t, "room") == all),
+        &[&a, &b, &c],
+        &["alice", "bob", "carol", "dave"],
     )
     .await;
     eprintln!("route healed: converged {took:?} later");
