@@ -60,10 +60,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use attendance::protocol::Config;
 use attendance::transport::MemoryNetwork;
 use attendance::{State, SubscriptionEvent, Tracker};
-use common::{Meta, key, limits, local_id, meta, topic};
+use common::{Meta, key, limits, local_id, meta, start_tracker, topic, tracker_config};
 use criterion::{BenchmarkId, Criterion};
 use tokio::runtime::Runtime;
 use tokio::time::MissedTickBehavior;
@@ -128,18 +127,6 @@ fn multi_thread() -> Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
-}
-
-fn config() -> Config {
-    Config::with_broadcast_period(Duration::from_millis(100))
-}
-
-fn start(network: &MemoryNetwork, name: &str) -> Tracker<Meta> {
-    Tracker::builder(name)
-        .config(config())
-        .limits(limits())
-        .start_with(|id| network.join(id))
-        .expect("starts")
 }
 
 /// The longest lock hold of some trackers, how many holds passed a
@@ -211,15 +198,15 @@ fn during_catchup(runtime: &Runtime, flavor: &str) -> Holds {
     const BIG: &str = "room:big";
     runtime.block_on(async {
         let network = MemoryNetwork::new();
-        let a = start(&network, "node-remote");
+        let a = start_tracker(&network, "node-remote");
         let guards: Vec<_> = (0..HELD as u64)
             .map(|i| a.track(BIG, &key(i), meta(i)).expect("tracks"))
             .collect();
-        tokio::time::sleep(config().broadcast_period * 3).await;
+        tokio::time::sleep(tracker_config().broadcast_period * 3).await;
         a.reset_longest_lock_hold();
 
         let started = Instant::now();
-        let b = start(&network, "node-local");
+        let b = start_tracker(&network, "node-local");
         let stop = Arc::new(AtomicBool::new(false));
         let timing = tokio::spawn(timed_tracks(
             b.clone(),
@@ -256,11 +243,11 @@ fn during_list(runtime: &Runtime) -> Holds {
     const LISTED_LEN: usize = 100_000;
     runtime.block_on(async {
         let network = MemoryNetwork::new();
-        let t = start(&network, "node-local");
+        let t = start_tracker(&network, "node-local");
         let guards: Vec<_> = (0..LISTED_LEN as u64)
             .map(|i| t.track(LISTED, &key(i), meta(i)).expect("tracks"))
             .collect();
-        tokio::time::sleep(config().broadcast_period * 3).await;
+        tokio::time::sleep(tracker_config().broadcast_period * 3).await;
         t.reset_longest_lock_hold();
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -300,11 +287,11 @@ fn during_list(runtime: &Runtime) -> Holds {
 fn threads(runtime: &Runtime) -> Holds {
     let network = MemoryNetwork::new();
     let _entered = runtime.enter();
-    let t = start(&network, "node-local");
+    let t = start_tracker(&network, "node-local");
     let guards: Vec<_> = (0..HELD as u64)
         .map(|i| t.track(&topic(i), &key(i), meta(i)).expect("tracks"))
         .collect();
-    runtime.block_on(tokio::time::sleep(config().broadcast_period * 3));
+    runtime.block_on(tokio::time::sleep(tracker_config().broadcast_period * 3));
     t.reset_longest_lock_hold();
     for n in [1usize, 2] {
         let stop = Arc::new(AtomicBool::new(false));
@@ -353,12 +340,12 @@ fn fanout(runtime: &Runtime, presences: usize) -> Holds {
             .max_key_len(32)
             .max_meta_bytes(64);
         let a: Tracker<Meta> = Tracker::builder("node-remote")
-            .config(config())
+            .config(tracker_config())
             .limits(small)
             .start_with(|id| network.join(id))
             .expect("starts");
-        let b = start(&network, "node-local");
-        tokio::time::sleep(config().broadcast_period * 5).await;
+        let b = start_tracker(&network, "node-local");
+        tokio::time::sleep(tracker_config().broadcast_period * 5).await;
         let waiting = Arc::new(AtomicUsize::new(0));
         let subscribers: Vec<_> = (0..SUBSCRIBERS)
             .map(|_| {

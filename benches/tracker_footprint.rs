@@ -42,13 +42,10 @@ mod common;
 #[path = "common/alloc.rs"]
 mod alloc;
 
-use std::time::Duration;
-
 use alloc::{Live, live};
-use attendance::protocol::Config;
 use attendance::transport::MemoryNetwork;
 use attendance::{PresenceGuard, State, Tracker};
-use common::{Meta, Pair, key, limits, meta, new_local, topic};
+use common::{Meta, Pair, key, meta, new_local, start_tracker, topic, tracker_config};
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;
@@ -62,20 +59,8 @@ const RESIDUAL: usize = 64 << 10;
 /// Topics of the workload: `topic(i)` for `i` in `0..TOPICS`.
 const TOPICS: u64 = 100;
 
-fn config() -> Config {
-    Config::with_broadcast_period(Duration::from_millis(100))
-}
-
-fn start(network: &MemoryNetwork, name: &str) -> Tracker<Meta> {
-    Tracker::builder(name)
-        .config(config())
-        .limits(limits())
-        .start_with(|id| network.join(id))
-        .expect("starts")
-}
-
 async fn periods(n: u32) {
-    tokio::time::sleep(config().broadcast_period * n).await;
+    tokio::time::sleep(tracker_config().broadcast_period * n).await;
 }
 
 /// Tracks users `0..s` and returns their guards.
@@ -107,12 +92,12 @@ fn check_released(case: &str, before: Live) {
 
 /// Block bytes of tracker B holding A's `s` presences. See the module docs.
 async fn tracker_remote(network: &MemoryNetwork, s: usize) -> isize {
-    let a = start(network, "node-remote");
+    let a = start_tracker(network, "node-remote");
     let guards = track_all(&a, s);
     periods(3).await;
 
     let before = live();
-    let b = start(network, "node-local");
+    let b = start_tracker(network, "node-local");
     let mut waited = 0;
     while visible(&b) < s {
         periods(1).await;
@@ -138,7 +123,7 @@ async fn tracker_remote(network: &MemoryNetwork, s: usize) -> isize {
 /// guards. See the module docs.
 async fn tracker_local(network: &MemoryNetwork, s: usize) -> isize {
     let before = live();
-    let tracker = start(network, "node-local");
+    let tracker = start_tracker(network, "node-local");
     let guards = track_all(&tracker, s);
     assert_eq!(visible(&tracker), s);
     periods(3).await;

@@ -9,7 +9,11 @@
 // Each bench binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
-use attendance::{Delta, Incarnation, Limits, PresenceId, ReplicaId, ReplicaName, State};
+use std::time::Duration;
+
+use attendance::protocol::Config;
+use attendance::transport::MemoryNetwork;
+use attendance::{Delta, Incarnation, Limits, PresenceId, ReplicaId, ReplicaName, State, Tracker};
 use crdts::{CmRDT, Orswot};
 use serde::{Deserialize, Serialize};
 
@@ -269,4 +273,20 @@ impl OrPair {
         self.local.apply(op);
         debug_assert!(!self.local.contains(&m).val);
     }
+}
+
+/// The protocol settings of the benches of the public API: a 100 ms
+/// broadcast period.
+pub fn tracker_config() -> Config {
+    Config::with_broadcast_period(Duration::from_millis(100))
+}
+
+/// A tracker named `name` on `network`, with the workload's limits and
+/// [`tracker_config`].
+pub fn start_tracker(network: &MemoryNetwork, name: &str) -> Tracker<Meta> {
+    Tracker::builder(name)
+        .config(tracker_config())
+        .limits(limits())
+        .start_with(|id| network.join(id))
+        .expect("starts")
 }
