@@ -124,7 +124,7 @@ pub use runtime::{
 
 pub use state::{
     Change, CounterSet, Delta, Diff, Dot, Incarnation, Key, KeyGroup, KeyGroupRef, Limits,
-    MAX_COUNTER, MAX_REPLICA_NAME_LEN, Meta, Presence, PresenceId, PresenceRef, PurgeReason,
-    PurgeRecord, Reincarnation, ReplicaId, ReplicaInfo, ReplicaName, State, StateBuilder,
-    StateError, Topic, TopicDiff, Update,
+    MAX_COUNTER, MAX_REPLICA_NAME_LEN, Meta, ParseVersionRefError, Presence, PresenceId,
+    PresenceRef, PurgeReason, PurgeRecord, Reincarnation, ReplicaId, ReplicaInfo, ReplicaName,
+    State, StateBuilder, StateError, Topic, TopicDiff, Update, VersionRef,
 };

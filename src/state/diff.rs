@@ -6,7 +6,7 @@ use hashbrown::HashMap;
 use smallvec::SmallVec;
 
 use super::store::Payload;
-use super::{Key, PresenceId, Topic};
+use super::{Key, PresenceId, Topic, VersionRef};
 
 /// One presence as a diff reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,11 @@ impl<M> Presence<M> {
     /// Its metadata at that version.
     pub fn meta(&self) -> &M {
         &self.payload.meta
+    }
+
+    /// The reference of the version shown: the same on every replica.
+    pub fn version_ref(&self) -> VersionRef {
+        VersionRef::new(self.id.replica(), self.version)
     }
 }
 
@@ -103,6 +108,17 @@ impl<M> Update<M> {
     /// The metadata shown now.
     pub fn meta(&self) -> &M {
         &self.new.meta
+    }
+
+    /// The reference of the version shown before (Phoenix's
+    /// `phx_ref_prev`).
+    pub fn old_version_ref(&self) -> VersionRef {
+        VersionRef::new(self.id.replica(), self.old_version)
+    }
+
+    /// The reference of the version shown now.
+    pub fn version_ref(&self) -> VersionRef {
+        VersionRef::new(self.id.replica(), self.version)
     }
 }
 

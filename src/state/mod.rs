@@ -17,6 +17,7 @@ mod index;
 mod lifecycle;
 mod limits;
 mod merge;
+mod reference;
 mod replica;
 #[cfg(feature = "runtime")]
 mod sharding;
@@ -39,6 +40,7 @@ pub use ids::{
 };
 pub use lifecycle::{PurgeReason, PurgeRecord, Reincarnation};
 pub use limits::{Limits, StateError};
+pub use reference::{ParseVersionRefError, VersionRef};
 #[cfg(feature = "runtime")]
 pub(crate) use view::group_by_key;
 pub use view::{KeyGroup, KeyGroupRef, PresenceRef};
