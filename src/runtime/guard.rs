@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::TrackerError;
 use super::shard::Shard;
-use crate::{Meta, PresenceId};
+use crate::{Meta, PresenceId, StateError};
 
 /// A presence tracked by [`Tracker::track`](super::Tracker::track). It is
 /// untracked when the guard is dropped (a closed connection leaves on its
@@ -43,7 +43,44 @@ impl<M: Meta> PresenceGuard<M> {
     /// presence keeps its meta); [`TrackerError::Stopped`] after the
     /// tracker's shutdown.
     pub fn update(&self, meta: M) -> Result<(), TrackerError> {
-        self.shard.update(&self.id, meta)
+        self.shard.update(&self.id, meta, None).map(drop)
+    }
+
+    /// Replaces the presence's meta with `change` of the current one, as
+    /// one atomic step: if another update of this presence lands between
+    /// reading the meta and writing the new one, `change` runs again on
+    /// the newer meta. `change` runs without any of the tracker's locks
+    /// held, so it may take its time and call the tracker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use attendance::Tracker;
+    /// let tracker = Tracker::<u32>::builder("node-1").secret("s").start().await?;
+    /// let guard = tracker.track("room:lobby", "alice", 1)?;
+    /// guard.update_with(|clicks| clicks + 1)?;
+    /// assert_eq!(*tracker.get("room:lobby", "alice")[0].meta(), 2);
+    /// # tracker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`PresenceGuard::update`], including
+    /// [`StateError::UnknownPresence`] when the presence is no longer
+    /// tracked (its key was untracked with
+    /// [`Tracker::untrack_key`](super::Tracker::untrack_key)).
+    pub fn update_with(&self, mut change: impl FnMut(&M) -> M) -> Result<(), TrackerError> {
+        loop {
+            let (version, meta) = self
+                .shard
+                .own_version(&self.id)
+                .ok_or_else(|| StateError::UnknownPresence(self.id()))?;
+            if self.shard.update(&self.id, change(&meta), Some(version))? {
+                return Ok(());
+            }
+        }
     }
 
     /// Untracks the presence now.

@@ -574,6 +574,15 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
         found
     }
 
+    /// Untracks every presence this replica holds under `key` on `topic`
+    /// (all tabs of one user, say), each as if its guard were dropped;
+    /// returns how many there were. Their guards stay valid: dropping them
+    /// later does nothing, and updating them fails with
+    /// [`StateError::UnknownPresence`].
+    pub fn untrack_key(&self, topic: &str, key: &str) -> usize {
+        self.shared.shard(topic).untrack_key(topic, key)
+    }
+
     /// How many visible presences `topic` has: O(replicas shown).
     pub fn count(&self, topic: &str) -> usize {
         self.shared.shard(topic).count(topic)

@@ -314,8 +314,15 @@ impl<M: Meta> Shard<M> {
     }
 
     /// Replaces the meta of a presence of this replica held here, tracked
-    /// as `tracked` (its id now may differ, after a re-incarnation).
-    pub(crate) fn update(&self, tracked: &PresenceId, meta: M) -> Result<(), TrackerError> {
+    /// as `tracked` (its id now may differ, after a re-incarnation). With
+    /// `expected`, only if the version shown is still that one: returns
+    /// whether it was replaced.
+    pub(crate) fn update(
+        &self,
+        tracked: &PresenceId,
+        meta: M,
+        expected: Option<u64>,
+    ) -> Result<bool, TrackerError> {
         let mut wake = Wake::new();
         let result = {
             let mut s = self.lock();
@@ -326,6 +333,9 @@ impl<M: Meta> Shard<M> {
             // here, the id is current.
             let id = &self.common.current_id(tracked);
             s.own.check_update(id, &meta)?;
+            if expected.is_some() && s.own.own_version(id).map(|(v, _)| v) != expected {
+                return Ok(false);
+            }
             let (counter, after) = self.common.spend();
             s.own.spend_own_counters(counter - 1);
             match s.own.update(id, meta) {
@@ -333,7 +343,7 @@ impl<M: Meta> Shard<M> {
                     let (delta, diff) = change.into_parts();
                     s.record(after, delta);
                     s.publish(diff, &mut wake);
-                    Ok(())
+                    Ok(true)
                 }
                 Err(e) => {
                     s.spend_on_nothing(counter, after);
@@ -343,6 +353,26 @@ impl<M: Meta> Shard<M> {
         };
         wake.wake();
         result
+    }
+
+    /// The version and meta of a presence of this replica tracked as
+    /// `tracked`, if held here.
+    pub(crate) fn own_version(&self, tracked: &PresenceId) -> Option<(u64, M)> {
+        let s = self.lock();
+        let id = &self.common.current_id(tracked);
+        s.own.own_version(id).map(|(v, m)| (v, m.clone()))
+    }
+
+    /// Untracks this replica's presences under `key` on `topic`; returns
+    /// how many there were.
+    pub(crate) fn untrack_key(&self, topic: &str, key: &str) -> usize {
+        let ids = self.lock().own.own_ids_of_key(topic, key);
+        // Each is one change, as if its guard were dropped; a guard dropped
+        // later finds nothing to untrack.
+        for id in &ids {
+            self.untrack(id);
+        }
+        ids.len()
     }
 
     /// Untracks a presence of this replica tracked as `tracked`, if held

@@ -141,6 +141,18 @@ impl<M> Default for TopicDiff<M> {
 }
 
 impl<M> TopicDiff<M> {
+    pub(crate) fn from_parts(
+        joins: Vec<Presence<M>>,
+        leaves: Vec<Presence<M>>,
+        updates: Vec<Update<M>>,
+    ) -> Self {
+        Self {
+            joins: joins.into(),
+            leaves: leaves.into(),
+            updates: updates.into(),
+        }
+    }
+
     /// Presences that appeared.
     pub fn joins(&self) -> &[Presence<M>] {
         &self.joins

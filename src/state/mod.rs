@@ -19,6 +19,7 @@ mod limits;
 mod merge;
 mod reference;
 mod replica;
+mod serial;
 #[cfg(feature = "runtime")]
 mod sharding;
 mod slab;

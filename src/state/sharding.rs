@@ -52,6 +52,25 @@ impl<M: Meta> State<M> {
         self.own_slot(id).is_ok()
     }
 
+    /// The version and meta of one of this replica's presences held here.
+    pub(crate) fn own_version(&self, id: &PresenceId) -> Option<(u64, &M)> {
+        let entry = self.store.entry(self.own_slot(id).ok()?);
+        Some((entry.dot, &entry.payload.meta))
+    }
+
+    /// The ids of this replica's presences under `key` on `topic`.
+    pub(crate) fn own_ids_of_key(&self, topic: &str, key: &str) -> Vec<PresenceId> {
+        let Some(t) = self.store.topic_index(topic) else {
+            return Vec::new();
+        };
+        self.store
+            .key_chain(t, key)
+            .map(|s| self.store.entry(s))
+            .filter(|e| e.replica == self.me)
+            .map(|e| PresenceId::new(self.replica().clone(), e.pid))
+            .collect()
+    }
+
     /// Marks this replica's counters up to `last` as spent: other shards of
     /// this replica used them, or a change spent one and failed. The next
     /// local change here takes `last + 1`.
