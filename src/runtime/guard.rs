@@ -56,7 +56,9 @@ impl<M: Meta> PresenceGuard<M> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use attendance::Tracker;
-    /// let tracker = Tracker::<u32>::builder("node-1").secret("s").start().await?;
+    /// use attendance::transport::MemoryNetwork;
+    /// let network = MemoryNetwork::new();
+    /// let tracker: Tracker<u32> = Tracker::builder("a").start_with(|id| network.join(id))?;
     /// let guard = tracker.track("room:lobby", "alice", 1)?;
     /// guard.update_with(|clicks| clicks + 1)?;
     /// assert_eq!(*tracker.get("room:lobby", "alice")[0].meta(), 2);
