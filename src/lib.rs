@@ -118,8 +118,8 @@ pub mod wire;
 
 #[cfg(feature = "runtime")]
 pub use runtime::{
-    PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
-    TrackerError, TrackerMetrics,
+    Events, PresenceGuard, ReplicaEvent, StartError, Subscription, SubscriptionEvent, TopicCounts,
+    TopicLists, TopicScope, Tracker, TrackerBuilder, TrackerError, TrackerEvent, TrackerMetrics,
 };
 
 pub use state::{

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::events::ReplicaEvent;
 use super::store::{Garbage, build, prepare};
 use super::{Command, Driven, Shared};
 use crate::protocol::{Built, Destination, Event, Work, decode};
@@ -175,17 +176,26 @@ fn dispatch<M: Meta>(driven: &mut Driven<M>) {
         match event {
             // The shards publish the diffs themselves, as they change.
             Event::Diff(_) => {}
-            Event::ReplicaUp(id) => tracing::info!(peer = %id, "replica up"),
-            Event::ReplicaDown(id) => tracing::warn!(peer = %id, "replica down"),
+            Event::ReplicaUp(id) => {
+                tracing::info!(peer = %id, "replica up");
+                announce(driven, ReplicaEvent::Up(id));
+            }
+            Event::ReplicaDown(id) => {
+                tracing::warn!(peer = %id, "replica down");
+                announce(driven, ReplicaEvent::Down(id));
+            }
             Event::ReplicaPurged(id, reason) => {
                 tracing::info!(peer = %id, ?reason, "replica purged");
+                announce(driven, ReplicaEvent::Purged(id, reason));
             }
             // The store renamed the guards' presences as it moved them.
             Event::Reincarnated { replica, .. } => {
                 tracing::warn!(%replica, "a newer incarnation of this name appeared: moved above it");
+                announce(driven, ReplicaEvent::Reincarnated(replica));
             }
             Event::NameConflict(id) => {
                 tracing::error!(replica = %id, "another process runs under this replica's name");
+                announce(driven, ReplicaEvent::NameConflict(id));
             }
         }
     }
@@ -197,6 +207,10 @@ fn dispatch<M: Meta>(driven: &mut Driven<M>) {
         );
         driven.refused_seen = refused;
     }
+}
+
+fn announce<M: Meta>(driven: &mut Driven<M>, event: ReplicaEvent) {
+    driven.node.state_mut().announce(event);
 }
 
 fn send<T: Transport>(transport: &mut T, outgoing: Outgoing) {

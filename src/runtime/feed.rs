@@ -1,4 +1,5 @@
-//! One topic's diffs for its subscribers: a bounded ring of shared diffs
+//! One topic's diffs for its subscribers (or another stream of shared
+//! items: every topic's diffs of a shard, replica events): a bounded ring
 //! numbered in order, read by each subscriber at its own position.
 //!
 //! Publishing a diff is O(1) whatever the number of subscribers: the diff
@@ -16,9 +17,9 @@ use super::lock::{LockStats, TimedMutex};
 use crate::TopicDiff;
 
 /// What a subscriber finds at its position.
-pub(crate) enum Read<M> {
+pub(crate) enum Read<T> {
     /// The next diff.
-    Diff(Arc<TopicDiff<M>>),
+    Diff(T),
     /// Nothing yet.
     Empty,
     /// Diffs it had not read left the ring.
@@ -27,16 +28,16 @@ pub(crate) enum Read<M> {
     Closed,
 }
 
-struct Slot<M> {
+struct Slot<T> {
     /// Dropped once every subscriber that was there when it came read it.
-    diff: Option<Arc<TopicDiff<M>>>,
+    diff: Option<T>,
     unread: usize,
 }
 
-struct Ring<M> {
+struct Ring<T> {
     /// The number of `slots[0]`.
     base: u64,
-    slots: VecDeque<Slot<M>>,
+    slots: VecDeque<Slot<T>>,
     capacity: usize,
     readers: usize,
     closed: bool,
@@ -46,7 +47,7 @@ struct Ring<M> {
     round: u64,
 }
 
-impl<M> Ring<M> {
+impl<T> Ring<T> {
     fn tail(&self) -> u64 {
         self.base + self.slots.len() as u64
     }
@@ -63,10 +64,13 @@ impl<M> Ring<M> {
     }
 }
 
-/// The diffs of one topic; see the module docs.
-pub(crate) struct Feed<M> {
-    ring: TimedMutex<Ring<M>>,
+/// A stream of shared items; see the module docs.
+pub(crate) struct Feed<T> {
+    ring: TimedMutex<Ring<T>>,
 }
+
+/// The diffs of one topic.
+pub(crate) type TopicFeed<M> = Feed<Arc<TopicDiff<M>>>;
 
 /// What a publisher does once its locks are released: wake the
 /// subscribers that wait for its diffs, and drop the diffs no subscriber
@@ -104,7 +108,7 @@ pub(crate) struct Position {
     registered: Option<(u64, usize)>,
 }
 
-impl<M> Feed<M> {
+impl<T: Clone> Feed<T> {
     /// A feed keeping at most `capacity` diffs.
     pub(crate) fn new(capacity: usize, stats: Arc<LockStats>) -> Self {
         Self {
@@ -126,7 +130,7 @@ impl<M> Feed<M> {
 
     /// Adds a diff for the subscribers there now; their wakers go to
     /// `wake`.
-    pub(crate) fn push(&self, diff: Arc<TopicDiff<M>>, wake: &mut Wake<M>) {
+    pub(crate) fn push<M>(&self, diff: T, wake: &mut Wake<M>) {
         let mut ring = self.ring.lock();
         if ring.readers == 0 {
             return;
@@ -173,7 +177,7 @@ impl<M> Feed<M> {
 
     /// The diff at a subscriber's position, if any; when there is none,
     /// its `waker` is woken once one comes.
-    pub(crate) fn read(&self, pos: &mut Position, waker: &Waker) -> Read<M> {
+    pub(crate) fn read(&self, pos: &mut Position, waker: &Waker) -> Read<T> {
         let mut ring = self.ring.lock();
         if pos.next < ring.base {
             return Read::Lagged;
@@ -214,7 +218,7 @@ impl<M> Feed<M> {
     }
 
     /// The tracker stopped: subscribers read what is left, then the end.
-    pub(crate) fn close(&self, wake: &mut Wake<M>) {
+    pub(crate) fn close<M>(&self, wake: &mut Wake<M>) {
         let mut ring = self.ring.lock();
         ring.closed = true;
         wake.wakers.append(&mut ring.waiting);
@@ -231,13 +235,13 @@ mod tests {
     use crate::TopicDiff;
     use crate::runtime::lock::LockStats;
 
-    fn feed(capacity: usize) -> Feed<String> {
+    fn feed(capacity: usize) -> Feed<Arc<TopicDiff<String>>> {
         Feed::new(capacity, Arc::new(LockStats::default()))
     }
 
-    fn push(feed: &Feed<String>) -> Arc<TopicDiff<String>> {
+    fn push(feed: &Feed<Arc<TopicDiff<String>>>) -> Arc<TopicDiff<String>> {
         let diff = Arc::new(TopicDiff::default());
-        let mut wake = Wake::new();
+        let mut wake = Wake::<String>::new();
         feed.push(diff.clone(), &mut wake);
         diff
     }

@@ -45,8 +45,10 @@
 //! ```
 
 mod driver;
+mod events;
 mod feed;
 mod guard;
+mod keys;
 mod lock;
 mod shard;
 mod store;
@@ -62,6 +64,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+pub use events::{Events, ReplicaEvent, TopicLists, TopicScope, TrackerEvent};
 pub use guard::PresenceGuard;
 pub use subscription::{Subscription, SubscriptionEvent};
 
@@ -69,7 +72,9 @@ use crate::log_budget::LogBudget;
 use crate::protocol::{Config, ConfigError, Metrics, Node, ReplicaStatus};
 use crate::transport::tcp::Keyring;
 use crate::transport::{StatsReader, Transport, TransportError, TransportStats};
-use crate::{Incarnation, KeyGroup, Limits, Meta, Presence, ReplicaId, ReplicaName, StateError};
+use crate::{
+    Incarnation, KeyGroup, Limits, Meta, Presence, ReplicaId, ReplicaName, StateError, Topic,
+};
 use lock::{LockStats, TimedGuard, TimedMutex};
 use shard::{Common, Shard, shard_of};
 use store::Store;
@@ -479,6 +484,18 @@ pub(crate) enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A topic and its counts, as [`Tracker::topics`] lists them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TopicCounts {
+    /// The topic.
+    pub topic: Topic,
+    /// Its visible presences.
+    pub presences: usize,
+    /// The keys those presences are under.
+    pub keys: usize,
+}
+
 /// Counters of a running tracker.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -583,6 +600,22 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
         self.shared.shard(topic).untrack_key(topic, key)
     }
 
+    /// Every topic with a visible presence, in topic order, with how many
+    /// presences and how many keys (users, say) it has.
+    ///
+    /// The presence counts cost O(replicas shown) per topic; the key
+    /// counts O(presences), since one key's presences may be held by
+    /// several replicas. Each topic is counted at one instant; different
+    /// topics at different ones.
+    pub fn topics(&self) -> Vec<TopicCounts> {
+        let mut out = Vec::new();
+        for shard in self.shared.shards.iter() {
+            shard.add_topics(&mut out);
+        }
+        out.sort_unstable_by(|a, b| a.topic.cmp(&b.topic));
+        out
+    }
+
     /// How many visible presences `topic` has: O(replicas shown).
     pub fn count(&self, topic: &str) -> usize {
         self.shared.shard(topic).count(topic)
@@ -592,6 +625,45 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
     /// stream ends once the tracker stops.
     pub fn subscribe(&self, topic: &str) -> Subscription<M> {
         Subscription::new(topic, self.shared.shard(topic).clone())
+    }
+
+    /// Every change on this replica, across all topics, local or
+    /// replicated, and the other replicas coming and going: the lists of
+    /// every topic first (consistent per topic), then each topic's diffs
+    /// in order. See [`Events`].
+    ///
+    /// ```
+    /// use attendance::{Tracker, TrackerEvent};
+    /// use attendance::transport::MemoryNetwork;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let network = MemoryNetwork::new();
+    /// let tracker: Tracker<String> = Tracker::builder("a").start_with(|id| network.join(id))?;
+    /// let _doc = tracker.track("doc:1", "alice", "web".into())?;
+    /// let mut events = tracker.events();
+    /// let _chat = tracker.track("chat:7", "bob", "mobile".into())?;
+    /// while let Some(event) = events.next().await {
+    ///     match event {
+    ///         TrackerEvent::Lists(lists) => {
+    ///             for (topic, list) in lists.lists() {
+    ///                 println!("{topic}: {} keys", list.len());
+    ///             }
+    ///         }
+    ///         TrackerEvent::Diff(topic, diff) => {
+    ///             assert_eq!(topic.as_str(), "chat:7");
+    ///             assert_eq!(diff.joins()[0].key().as_str(), "bob");
+    ///             break;
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # tracker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn events(&self) -> Events<M> {
+        Events::new(self.shared.clone())
     }
 
     /// The other replicas known here and where they stand.

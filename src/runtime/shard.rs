@@ -16,9 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use super::TrackerError;
-use super::feed::{Feed, Wake};
+use super::events::{ReplicaEvent, ShardFeed};
+use super::feed::{Feed, Position, TopicFeed, Wake};
 use super::lock::{LockStats, TimedMutex};
+use super::{TopicCounts, TrackerError};
 use crate::state::{HeldEntry, Removal};
 use crate::{Delta, Diff, Limits, Meta, Presence, PresenceId, ReplicaId, State, StateError, Topic};
 
@@ -47,6 +48,8 @@ pub(crate) struct Common {
     /// their guard holds to the current one.
     renamed: TimedMutex<HashMap<PresenceId, PresenceId>>,
     any_renamed: AtomicBool,
+    /// Other replicas coming and going, for [`super::Events`].
+    pub(crate) replica_events: Arc<Feed<ReplicaEvent>>,
 }
 
 /// A value alone in its cache lines: the cores that write it do not
@@ -94,6 +97,7 @@ impl Common {
             first_id,
             renamed: TimedMutex::new(HashMap::new(), locks.clone(), "renamed"),
             any_renamed: AtomicBool::new(false),
+            replica_events: Arc::new(Feed::new(queue, locks.clone())),
             locks,
         }
     }
@@ -216,13 +220,21 @@ pub(crate) struct Inner<M> {
     /// The first counter spent here since the last incarnation began.
     first_own: Option<u64>,
     pub(crate) peers: BTreeMap<ReplicaId, Peer<M>>,
-    feeds: HashMap<Topic, Arc<Feed<M>>>,
+    feeds: HashMap<Topic, Arc<TopicFeed<M>>>,
+    /// Every topic's diffs, while a tracker-wide stream reads them.
+    all: Option<Arc<ShardFeed<M>>>,
     /// This replica's changes here not broadcast yet, by where they go.
     pending: Vec<(Slot, Delta<M>)>,
 }
 
+/// A topic and its visible presences, unsorted.
+pub(crate) type TopicPresences<M> = (Topic, Vec<Presence<M>>);
+
+/// A reader of every topic's diffs of a shard, and its place.
+pub(crate) type ShardReader<M> = (Arc<ShardFeed<M>>, Position);
+
 /// A subscriber's feed and its place in it.
-pub(crate) type Subscribed<M> = (Arc<Feed<M>>, super::feed::Position);
+pub(crate) type Subscribed<M> = (Arc<TopicFeed<M>>, super::feed::Position);
 
 /// One topic shard; see the module docs.
 pub(crate) struct Shard<M> {
@@ -250,6 +262,7 @@ impl<M: Meta> Shard<M> {
                     first_own: None,
                     peers: BTreeMap::new(),
                     feeds: HashMap::new(),
+                    all: None,
                     pending: Vec::new(),
                 },
                 common.locks.clone(),
@@ -464,8 +477,81 @@ impl<M: Meta> Shard<M> {
         }
     }
 
+    /// Every topic with a visible presence, with its presence and key
+    /// counts, added to `out`.
+    pub(crate) fn add_topics(&self, out: &mut Vec<TopicCounts>) {
+        let s = self.lock();
+        let shown: Vec<&State<M>> = std::iter::once(&s.own)
+            .chain(s.peers.values().filter(|p| p.shown).map(|p| &*p.data))
+            .collect();
+        let mut topics: BTreeMap<&Topic, usize> = BTreeMap::new();
+        for state in &shown {
+            for (topic, n) in state.topics() {
+                *topics.entry(topic).or_default() += n;
+            }
+        }
+        for (topic, presences) in topics {
+            // Presences of one key may sit in several replicas' states.
+            let mut keys = hashbrown::HashSet::new();
+            for state in &shown {
+                state.add_keys(topic.as_str(), &mut keys);
+            }
+            out.push(TopicCounts {
+                topic: topic.clone(),
+                presences,
+                keys: keys.len(),
+            });
+        }
+    }
+
+    /// Every topic's visible presences, unsorted, and (to subscribe) a
+    /// place in the shard's stream of every topic's diffs, taken at the
+    /// same instant.
+    pub(crate) fn snapshot_all(
+        &self,
+        subscribe: bool,
+    ) -> (Vec<TopicPresences<M>>, Option<ShardReader<M>>) {
+        let mut s = self.lock();
+        let lists = s.all_presences();
+        let feed = subscribe.then(|| {
+            let (queue, locks) = (self.common.queue, self.common.locks.clone());
+            let feed = s
+                .all
+                .get_or_insert_with(|| Arc::new(Feed::new(queue, locks)))
+                .clone();
+            let pos = feed.join();
+            (feed, pos)
+        });
+        (lists, feed)
+    }
+
+    /// A reader of every topic's diffs that lagged: every topic's
+    /// presences now, and its position moved to the diffs after them.
+    pub(crate) fn resync_all(
+        &self,
+        feed: &ShardFeed<M>,
+        pos: &mut Position,
+    ) -> Vec<TopicPresences<M>> {
+        let s = self.lock();
+        feed.skip_to_tail(pos);
+        s.all_presences()
+    }
+
+    /// A reader of every topic's diffs is gone.
+    pub(crate) fn unsubscribe_all(&self, feed: &ShardFeed<M>, pos: &Position) {
+        let mut s = self.lock();
+        if feed.leave(pos) {
+            s.all = None;
+        }
+    }
+
     /// A subscriber of `topic` is gone; its feed goes with the last one.
-    pub(crate) fn unsubscribe(&self, topic: &str, feed: &Feed<M>, pos: &super::feed::Position) {
+    pub(crate) fn unsubscribe(
+        &self,
+        topic: &str,
+        feed: &TopicFeed<M>,
+        pos: &super::feed::Position,
+    ) {
         let mut s = self.lock();
         if feed.leave(pos) {
             s.feeds.remove(topic);
@@ -477,7 +563,7 @@ impl<M: Meta> Shard<M> {
     pub(crate) fn resync(
         &self,
         topic: &str,
-        feed: &Feed<M>,
+        feed: &TopicFeed<M>,
         pos: &mut super::feed::Position,
     ) -> Vec<Presence<M>> {
         let s = self.lock();
@@ -571,13 +657,35 @@ impl<M: Meta> Inner<M> {
         self.record(after, Delta::empty_event(id, counter));
     }
 
+    /// Every topic's visible presences, unsorted.
+    fn all_presences(&self) -> Vec<TopicPresences<M>> {
+        let shown = self.peers.values().filter(|p| p.shown).map(|p| &*p.data);
+        let mut lists: HashMap<Topic, Vec<Presence<M>>> = HashMap::new();
+        for state in std::iter::once(&self.own).chain(shown) {
+            for (topic, _) in state.topics() {
+                let list = lists.entry(topic.clone()).or_default();
+                list.extend(state.presences_unsorted(topic.as_str()));
+            }
+        }
+        lists.into_iter().collect()
+    }
+
     /// Hands a diff of this shard's topics to their subscribers.
     pub(crate) fn publish(&mut self, diff: Diff<M>, wake: &mut Wake<M>) {
-        if self.feeds.is_empty() && diff.len() <= 256 {
+        if self.feeds.is_empty() && self.all.is_none() && diff.len() <= 256 {
             return;
         }
         for (topic, changes) in diff.into_topics() {
-            match self.feeds.get(topic.as_str()) {
+            let feed = self.feeds.get(topic.as_str());
+            if let Some(all) = &self.all {
+                let changes = Arc::new(changes);
+                if let Some(feed) = feed {
+                    feed.push(changes.clone(), wake);
+                }
+                all.push((topic, changes), wake);
+                continue;
+            }
+            match feed {
                 Some(feed) => feed.push(Arc::new(changes), wake),
                 // A large diff nobody wants is freed after the lock.
                 None if changes.joins().len() + changes.leaves().len() > 256 => {
@@ -594,6 +702,9 @@ impl<M: Meta> Inner<M> {
             feed.close(wake);
         }
         self.feeds.clear();
+        if let Some(all) = self.all.take() {
+            all.close(wake);
+        }
     }
 
     /// This replica's removals logged here with an event above `since`,

@@ -871,8 +871,14 @@ impl<M: Meta> ReplicaStore<M> for Store<M> {
 }
 
 impl<M: Meta> Store<M> {
+    /// Tells the readers of [`super::Events`] of a replica event.
+    pub(crate) fn announce(&mut self, event: super::events::ReplicaEvent) {
+        self.common.replica_events.push(event, &mut self.woken);
+    }
+
     /// Ends the feeds of every shard: the tracker stopped.
     pub(crate) fn close(&mut self) {
+        self.common.replica_events.close(&mut self.woken);
         for shard in self.shards.clone().iter() {
             let mut wake = Wake::new();
             shard.lock().close(&mut wake);

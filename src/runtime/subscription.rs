@@ -1,16 +1,18 @@
 //! Subscriptions: a topic's list and then the diffs that change it, with no
 //! gap and no overlap, and a bounded backlog per subscriber.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 
-use super::feed::{Feed, Position, Read};
+use super::feed::{Position, Read, TopicFeed};
+use super::keys::{KeyChange, KeyCounts};
 use super::shard::Shard;
 use crate::state::group_by_key;
-use crate::{KeyGroup, Meta, Presence, TopicDiff};
+use crate::{Key, KeyGroup, Meta, Presence, TopicDiff};
 
 /// What a subscription yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +25,15 @@ pub enum SubscriptionEvent<M> {
     /// were skipped: this is the topic's whole list now. Replace the list
     /// held so far with it; diffs continue from there.
     Resync(Vec<KeyGroup<M>>),
+    /// A key's first presence joined (with
+    /// [`Subscription::with_key_events`]): "alice joined" once, however
+    /// many tabs she opens. Comes right after the diff or resync that
+    /// made it.
+    KeyJoined(Key),
+    /// A key's last presence left (with
+    /// [`Subscription::with_key_events`]). Comes right after the diff or
+    /// resync that made it.
+    KeyLeft(Key),
 }
 
 /// A subscription to one topic: [`Subscription::list`] is the list when it
@@ -41,7 +52,11 @@ pub struct Subscription<M: Meta> {
     topic: String,
     shard: Arc<Shard<M>>,
     /// `None` when the tracker had stopped: the stream ends at once.
-    feed: Option<(Arc<Feed<M>>, Position)>,
+    feed: Option<(Arc<TopicFeed<M>>, Position)>,
+    /// Presences per key, when key events were asked for.
+    keys: Option<KeyCounts>,
+    /// Key events of the last diff, not yet read.
+    pending: VecDeque<SubscriptionEvent<M>>,
 }
 
 impl<M: Meta> std::fmt::Debug for Subscription<M> {
@@ -69,7 +84,39 @@ impl<M: Meta> Subscription<M> {
             topic: topic.to_string(),
             shard,
             feed,
+            keys: None,
+            pending: VecDeque::new(),
         }
+    }
+
+    /// Also yields [`SubscriptionEvent::KeyJoined`] and
+    /// [`SubscriptionEvent::KeyLeft`] after each diff that makes a key
+    /// appear on the topic or vanish from it. The keys of
+    /// [`Subscription::list`] are where it starts from. Costs a count per
+    /// key, kept by this subscription.
+    ///
+    /// ```
+    /// use attendance::{SubscriptionEvent, Tracker};
+    /// use attendance::transport::MemoryNetwork;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let network = MemoryNetwork::new();
+    /// let tracker: Tracker<String> = Tracker::builder("a").start_with(|id| network.join(id))?;
+    /// let mut doc = tracker.subscribe("doc:1").with_key_events();
+    /// let _tab1 = tracker.track("doc:1", "alice", "tab 1".into())?;
+    /// let _tab2 = tracker.track("doc:1", "alice", "tab 2".into())?;
+    /// assert!(matches!(doc.next().await, Some(SubscriptionEvent::Diff(_))));
+    /// assert!(matches!(doc.next().await, Some(SubscriptionEvent::KeyJoined(k)) if k.as_str() == "alice"));
+    /// // The second tab is a presence-level join only.
+    /// assert!(matches!(doc.next().await, Some(SubscriptionEvent::Diff(_))));
+    /// # tracker.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_key_events(mut self) -> Self {
+        self.keys = Some(KeyCounts::new(&self.list));
+        self
     }
 
     /// The topic's list when the subscription was taken.
@@ -93,17 +140,35 @@ impl<M: Meta> Stream for Subscription<M> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(event) = this.pending.pop_front() {
+            return Poll::Ready(Some(event));
+        }
         let Some((feed, pos)) = &mut this.feed else {
             return Poll::Ready(None);
         };
+        let pending = &mut this.pending;
+        let mut queue = |change| {
+            pending.push_back(match change {
+                KeyChange::Joined(key) => SubscriptionEvent::KeyJoined(key),
+                KeyChange::Left(key) => SubscriptionEvent::KeyLeft(key),
+            });
+        };
         match feed.read(pos, cx.waker()) {
-            Read::Diff(diff) => Poll::Ready(Some(SubscriptionEvent::Diff(diff))),
+            Read::Diff(diff) => {
+                if let Some(keys) = &mut this.keys {
+                    keys.apply(&diff, &mut queue);
+                }
+                Poll::Ready(Some(SubscriptionEvent::Diff(diff)))
+            }
             Read::Empty => Poll::Pending,
             Read::Closed => Poll::Ready(None),
             // Told by the numbers alone: nothing stale is read first.
             Read::Lagged => {
-                let presences = this.shard.resync(&this.topic, feed, pos);
-                Poll::Ready(Some(SubscriptionEvent::Resync(sorted(presences))))
+                let list = sorted(this.shard.resync(&this.topic, feed, pos));
+                if let Some(keys) = &mut this.keys {
+                    keys.reset(&list, &mut queue);
+                }
+                Poll::Ready(Some(SubscriptionEvent::Resync(list)))
             }
         }
     }

@@ -98,6 +98,18 @@ impl<M: Meta> State<M> {
             .collect()
     }
 
+    /// Adds the keys of the visible presences on `topic` to `keys`.
+    pub(crate) fn add_keys<'a>(&'a self, topic: &str, keys: &mut hashbrown::HashSet<&'a str>) {
+        let Some(t) = self.store.topic_index(topic) else {
+            return;
+        };
+        let visible = self
+            .store
+            .topic_members(t)
+            .filter(|e| !self.slot(e.replica).hidden);
+        keys.extend(visible.map(|e| e.payload.key.as_str()));
+    }
+
     /// The visible presences under `key` on `topic`, in no particular
     /// order: O(presences of the key).
     pub(crate) fn presences_of_key(&self, topic: &str, key: &str) -> Vec<Presence<M>> {

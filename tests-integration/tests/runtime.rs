@@ -6,28 +6,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use attendance::protocol::{Config, ReplicaStatus};
+use attendance::protocol::ReplicaStatus;
 use attendance::transport::MemoryNetwork;
 use attendance::{
     Incarnation, KeyGroup, Limits, StateError, SubscriptionEvent, Tracker, TrackerError,
 };
 
-type T = Tracker<String>;
+mod in_memory;
 
-fn config() -> Config {
-    Config::with_broadcast_period(Duration::from_millis(100))
-}
-
-fn start(network: &MemoryNetwork, name: &str) -> T {
-    Tracker::builder(name)
-        .config(config())
-        .start_with(|id| network.join(id))
-        .expect("starts")
-}
-
-async fn periods(n: u32) {
-    tokio::time::sleep(config().broadcast_period * n).await;
-}
+use in_memory::{T, config, periods, start};
 
 /// A list as comparable rows: key, presence id, meta.
 fn rows(list: &[KeyGroup<String>]) -> BTreeSet<(String, String, String)> {
