@@ -11,18 +11,11 @@ use attendance_phoenix::{Endpoint, Limits, Object, UserParams};
 use common::*;
 use serde_json::{Value, json};
 
-fn endpoint(tracker: &T) -> Endpoint<Value> {
-    Endpoint::builder(tracker.clone())
-        .policy(UserParams)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn join_gets_its_reply_then_the_whole_topic_with_itself() {
     let (_net, a, _b) = pair();
     let _carol = a.track("doc:1", "carol", json!({"device": "cli"})).unwrap();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (_, state) = client
         .join("doc:1", json!({"user": "alice", "device": "web"}))
@@ -42,7 +35,7 @@ async fn join_gets_its_reply_then_the_whole_topic_with_itself() {
 #[tokio::test]
 async fn heartbeat_is_answered_with_its_ref() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client
         .send(json!([null, "7", "phoenix", "heartbeat", {}]))
@@ -56,7 +49,7 @@ async fn heartbeat_is_answered_with_its_ref() {
 #[tokio::test]
 async fn a_track_on_the_other_replica_arrives_as_a_diff_with_the_same_ref() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client.join("doc:1", json!({"user": "alice"})).await;
     let _bob = b.track("doc:1", "bob", json!({"device": "phone"})).unwrap();
@@ -74,7 +67,7 @@ async fn a_track_on_the_other_replica_arrives_as_a_diff_with_the_same_ref() {
 #[tokio::test]
 async fn an_update_is_one_diff_joining_the_new_meta_and_leaving_the_old() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (join_ref, state) = client.join("doc:1", json!({"user": "alice", "s": 1})).await;
     let old = refs(&state, "alice");
@@ -113,7 +106,7 @@ async fn an_update_is_one_diff_joining_the_new_meta_and_leaving_the_old() {
 #[tokio::test]
 async fn leave_untracks_replies_then_closes_with_the_join_ref() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (join_ref, _) = client.join("doc:1", json!({"user": "alice"})).await;
     eventually("b sees alice", || b.count("doc:1") == 1).await;
@@ -135,7 +128,7 @@ async fn leave_untracks_replies_then_closes_with_the_join_ref() {
 #[tokio::test]
 async fn closing_the_socket_untracks_on_the_other_replica() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client.join("doc:1", json!({"user": "alice"})).await;
     client.join("doc:2", json!({"user": "alice"})).await;
@@ -153,7 +146,10 @@ async fn closing_the_socket_untracks_on_the_other_replica() {
 #[tokio::test]
 async fn both_replicas_show_the_same_refs_for_the_same_presences() {
     let (_net, a, b) = pair();
-    let (addr_a, addr_b) = (serve(&endpoint(&a)).await, serve(&endpoint(&b)).await);
+    let (addr_a, addr_b) = (
+        serve_users(&a, Limits::default()).await,
+        serve_users(&b, Limits::default()).await,
+    );
     let mut alice = Client::connect(addr_a).await;
     let mut bob = Client::connect(addr_b).await;
     alice.join("doc:1", json!({"user": "alice"})).await;
@@ -180,7 +176,7 @@ async fn both_replicas_show_the_same_refs_for_the_same_presences() {
 #[tokio::test]
 async fn a_second_join_closes_the_first_and_sends_a_fresh_state() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (first, _) = client.join("doc:1", json!({"user": "alice"})).await;
     client
@@ -204,7 +200,7 @@ async fn a_second_join_closes_the_first_and_sends_a_fresh_state() {
 #[tokio::test]
 async fn a_join_without_a_user_is_refused_with_a_reason() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client
         .send(json!(["1", "1", "doc:1", "phx_join", {"device": "web"}]))
@@ -267,4 +263,17 @@ async fn a_change_between_the_list_and_the_state_arrives_exactly_once() {
         .send(json!([null, "99", "phoenix", "heartbeat", {}]))
         .await;
     assert_eq!(client.recv().await[1], "99");
+}
+
+#[tokio::test]
+async fn an_idle_socket_is_closed_and_untracked() {
+    let (_net, a, b) = pair();
+    let limits = Limits::default().idle_timeout(std::time::Duration::from_millis(300));
+    let addr = serve_users(&a, limits).await;
+    let mut client = Client::connect(addr).await;
+    client.join("doc:1", json!({"user": "alice"})).await;
+    eventually("b sees alice", || b.count("doc:1") == 1).await;
+    assert_eq!(client.closed().await, Some(1000));
+    assert_eq!(a.count("doc:1"), 0);
+    eventually("b sees alice leave", || b.count("doc:1") == 0).await;
 }
