@@ -158,18 +158,20 @@ async fn both_replicas_show_the_same_refs_for_the_same_presences() {
         a.count("doc:1") == 2 && b.count("doc:1") == 2
     })
     .await;
-    // A fresh client on each replica.
-    let (_, on_a) = Client::connect(addr_a)
-        .await
-        .join("doc:1", json!({"user": "watcher-a"}))
-        .await;
-    let (_, on_b) = Client::connect(addr_b)
-        .await
-        .join("doc:1", json!({"user": "watcher-b"}))
-        .await;
+    // A fresh client on each replica, following its state until it lists
+    // both (the replica's hub may not have replayed the last diff yet).
+    let both = |state: &Value| state.get("alice").is_some() && state.get("bob").is_some();
+    let mut views = Vec::new();
+    for (addr, user) in [(addr_a, "watcher-a"), (addr_b, "watcher-b")] {
+        let mut watcher = Client::connect(addr).await;
+        let (_, mut state) = watcher.join("doc:1", json!({"user": user})).await;
+        watcher.follow(&mut state, both).await;
+        views.push(state);
+    }
     for key in ["alice", "bob"] {
-        assert_eq!(refs(&on_a, key).len(), 1);
-        assert_eq!(refs(&on_a, key), refs(&on_b, key), "{key}");
+        assert_eq!(refs(&views[0], key).len(), 1);
+        assert_eq!(refs(&views[0], key), refs(&views[1], key), "{key}");
+        assert_eq!(refs(&views[0], key), tracker_refs(&a, "doc:1", key));
     }
 }
 
@@ -276,4 +278,61 @@ async fn an_idle_socket_is_closed_and_untracked() {
     assert_eq!(client.closed().await, Some(1000));
     assert_eq!(a.count("doc:1"), 0);
     eventually("b sees alice leave", || b.count("doc:1") == 0).await;
+}
+
+#[tokio::test]
+async fn enrichment_is_asked_once_per_diff_whatever_the_number_of_sockets() {
+    let (_net, a, b) = pair();
+    let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let enrich = {
+        let calls = calls.clone();
+        move |_: &str, keys: &[&str]| -> HashMap<String, Object> {
+            calls
+                .lock()
+                .unwrap()
+                .push(keys.iter().map(|k| k.to_string()).collect());
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        Object::from_iter([("name".into(), json!(k.to_uppercase()))]),
+                    )
+                })
+                .collect()
+        }
+    };
+    let endpoint = Endpoint::builder(a.clone())
+        .policy(UserParams)
+        .enrich(enrich)
+        .build()
+        .unwrap();
+    let addr = serve(&endpoint).await;
+    let mut sockets = Vec::new();
+    for user in ["alice", "carol", "erin"] {
+        let mut client = Client::connect(addr).await;
+        let (_, state) = client.join("doc:1", json!({"user": user})).await;
+        for (key, entry) in state.as_object().unwrap() {
+            assert_eq!(entry["name"], json!(key.to_uppercase()));
+        }
+        sockets.push(client);
+    }
+    let _bob = b.track("doc:1", "bob", json!({})).unwrap();
+    for client in &mut sockets {
+        loop {
+            let diff = client.recv_event("presence_diff").await;
+            if let Some(bob) = diff[4]["joins"].get("bob") {
+                assert_eq!(bob["name"], "BOB");
+                break;
+            }
+        }
+    }
+    // Three sockets, one diff: one call.
+    let calls = calls.lock().unwrap();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|keys| keys.contains(&"bob".to_string()))
+            .count(),
+        1
+    );
 }

@@ -175,6 +175,15 @@ impl Client {
         (join_ref, state[4].clone())
     }
 
+    /// Applies diffs to `state`, as phoenix.js does (by `phx_ref`), until
+    /// `done` holds.
+    pub async fn follow(&mut self, state: &mut Value, done: impl Fn(&Value) -> bool) {
+        while !done(state) {
+            let diff = self.recv_event("presence_diff").await;
+            apply_diff(state, &diff[4]);
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
@@ -200,4 +209,34 @@ pub fn tracker_refs(tracker: &T, topic: &str, key: &str) -> Vec<String> {
         .iter()
         .map(|p| p.version_ref().to_string())
         .collect()
+}
+
+/// phoenix.js's `syncDiff`, reduced to the list: joins add metas by
+/// `phx_ref`, leaves remove them, empty keys go.
+pub fn apply_diff(state: &mut Value, diff: &Value) {
+    let state = state.as_object_mut().unwrap();
+    for (key, entry) in diff["joins"].as_object().unwrap() {
+        let metas = state
+            .entry(key.clone())
+            .or_insert_with(|| json!({"metas": []}))["metas"]
+            .as_array_mut()
+            .unwrap();
+        for meta in entry["metas"].as_array().unwrap() {
+            if !metas.iter().any(|m| m["phx_ref"] == meta["phx_ref"]) {
+                metas.push(meta.clone());
+            }
+        }
+    }
+    for (key, entry) in diff["leaves"].as_object().unwrap() {
+        let Some(held) = state.get_mut(key) else {
+            continue;
+        };
+        let metas = held["metas"].as_array_mut().unwrap();
+        for meta in entry["metas"].as_array().unwrap() {
+            metas.retain(|m| m["phx_ref"] != meta["phx_ref"]);
+        }
+        if metas.is_empty() {
+            state.remove(key);
+        }
+    }
 }
