@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use attendance::{Meta, Tracker};
 use axum::Router;
@@ -138,6 +139,37 @@ impl<M: Meta + Send + Sync + 'static> Endpoint<M> {
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
     }
+
+    /// What the endpoint has done since it was built.
+    pub fn stats(&self) -> EndpointStats {
+        let c = &self.shared.hubs.counters;
+        let read = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+        EndpointStats {
+            topics: self.shared.hubs.topics(),
+            diffs_rendered: read(&c.diffs_rendered),
+            diff_bytes_rendered: read(&c.diff_bytes_rendered),
+            diffs_queued: read(&c.diffs_queued),
+            sockets_lagged: read(&c.sockets_lagged),
+        }
+    }
+}
+
+/// Counters of an [`Endpoint`], from [`Endpoint::stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Topics with at least one joined socket.
+    pub topics: usize,
+    /// `presence_diff` frames rendered: one per change of a topic,
+    /// however many sockets it goes to.
+    pub diffs_rendered: u64,
+    /// The bytes of those frames.
+    pub diff_bytes_rendered: u64,
+    /// Rendered frames handed to sockets (each shares the rendered bytes).
+    pub diffs_queued: u64,
+    /// Times a socket's queue was full, so it got a fresh
+    /// `presence_state` instead of the diffs it missed.
+    pub sockets_lagged: u64,
 }
 
 async fn upgrade<M: Meta + Send + Sync + 'static>(

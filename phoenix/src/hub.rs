@@ -71,6 +71,17 @@ pub(crate) struct Hubs<M: Meta> {
     enrich: Arc<dyn Enrich>,
     map: Mutex<HashMap<String, Arc<Hub>>>,
     next_member: AtomicU64,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// What an endpoint has done, counted as it goes; read by
+/// [`crate::Endpoint::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) diffs_rendered: AtomicU64,
+    pub(crate) diff_bytes_rendered: AtomicU64,
+    pub(crate) diffs_queued: AtomicU64,
+    pub(crate) sockets_lagged: AtomicU64,
 }
 
 impl<M: Meta> std::fmt::Debug for Hubs<M> {
@@ -103,7 +114,13 @@ impl<M: Meta + Send + Sync + 'static> Hubs<M> {
             enrich,
             map: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(0),
+            counters: Arc::default(),
         }
+    }
+
+    /// How many topics have a hub now.
+    pub(crate) fn topics(&self) -> usize {
+        lock(&self.map).len()
     }
 
     pub(crate) fn tracker(&self) -> &Tracker<M> {
@@ -159,7 +176,12 @@ impl<M: Meta + Send + Sync + 'static> Hubs<M> {
             }),
             task: OnceLock::new(),
         });
-        let task = tokio::spawn(run(hub.clone(), subscription, self.enrich.clone()));
+        let task = tokio::spawn(run(
+            hub.clone(),
+            subscription,
+            self.enrich.clone(),
+            self.counters.clone(),
+        ));
         let _ = hub.task.set(task.abort_handle());
         hub
     }
@@ -226,10 +248,15 @@ fn list_of<M: Meta>(groups: &[KeyGroup<M>]) -> List {
 
 /// Reads the topic's diffs until the tracker stops or the last member
 /// leaves (which aborts this task).
-async fn run<M: Meta>(hub: Arc<Hub>, mut subscription: Subscription<M>, enrich: Arc<dyn Enrich>) {
+async fn run<M: Meta>(
+    hub: Arc<Hub>,
+    mut subscription: Subscription<M>,
+    enrich: Arc<dyn Enrich>,
+    counters: Arc<Counters>,
+) {
     while let Some(event) = subscription.next().await {
         match event {
-            SubscriptionEvent::Diff(diff) => broadcast(&hub, &diff, &*enrich),
+            SubscriptionEvent::Diff(diff) => broadcast(&hub, &diff, &*enrich, &counters),
             SubscriptionEvent::Resync(groups) => {
                 // The hub missed diffs, so every member's view may be off:
                 // each takes the fresh list.
@@ -258,7 +285,7 @@ fn group(rows: &[Row]) -> Groups<'_> {
 }
 
 /// Renders one diff once and queues it for every member.
-fn broadcast<M: Meta>(hub: &Hub, diff: &TopicDiff<M>, enrich: &dyn Enrich) {
+fn broadcast<M: Meta>(hub: &Hub, diff: &TopicDiff<M>, enrich: &dyn Enrich, counters: &Counters) {
     // Only this task changes the list, so what is read here still holds
     // when the lock is taken again; the enrichment runs without it.
     let held = |state: &HubState, key: &Key, id| -> Option<MetaJson> {
@@ -287,6 +314,11 @@ fn broadcast<M: Meta>(hub: &Hub, diff: &TopicDiff<M>, enrich: &dyn Enrich) {
         }
     }
     let frame = render::diff_frame(group(&joins), group(&leaves), &hub.topic, enrich);
+    counters.diffs_rendered.fetch_add(1, Ordering::Relaxed);
+    let bytes = frame.len() as u64;
+    counters
+        .diff_bytes_rendered
+        .fetch_add(bytes, Ordering::Relaxed);
 
     let mut state = lock(&hub.state);
     // Leaves first: an update leaves its old version and joins the new.
@@ -305,10 +337,12 @@ fn broadcast<M: Meta>(hub: &Hub, diff: &TopicDiff<M>, enrich: &dyn Enrich) {
     }
     state.seq += 1;
     let seq = state.seq;
+    let mut queued = 0;
     for member in state.members.values() {
         if member.lagged.load(Ordering::Acquire) {
             continue;
         }
+        queued += 1;
         let out = Out {
             topic: hub.topic.clone(),
             member: member.id,
@@ -318,6 +352,8 @@ fn broadcast<M: Meta>(hub: &Hub, diff: &TopicDiff<M>, enrich: &dyn Enrich) {
         if let Err(mpsc::error::TrySendError::Full(_)) = member.queue.try_send(out) {
             member.lagged.store(true, Ordering::Release);
             member.wake.notify_one();
+            counters.sockets_lagged.fetch_add(1, Ordering::Relaxed);
         }
     }
+    counters.diffs_queued.fetch_add(queued, Ordering::Relaxed);
 }

@@ -74,6 +74,6 @@ mod render;
 mod socket;
 
 pub use config::Limits;
-pub use endpoint::{Endpoint, EndpointBuilder};
+pub use endpoint::{Endpoint, EndpointBuilder, EndpointStats};
 pub use error::Error;
 pub use policy::{Connection, Enrich, Join, NoEnrich, Object, Policy, Refusal, UserParams};

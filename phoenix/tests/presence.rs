@@ -336,3 +336,48 @@ async fn enrichment_is_asked_once_per_diff_whatever_the_number_of_sockets() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_diff_is_rendered_once_and_shared_by_every_socket_on_its_topic() {
+    let (_net, a, b) = pair();
+    let endpoint = Endpoint::builder(a.clone())
+        .policy(UserParams)
+        .build()
+        .unwrap();
+    let addr = serve(&endpoint).await;
+    let mut sockets = Vec::new();
+    for user in ["alice", "carol", "erin"] {
+        let mut client = Client::connect(addr).await;
+        let (_, state) = client.join("doc:1", json!({"user": user})).await;
+        sockets.push((client, state.get("erin").is_some()));
+    }
+    // Every socket has seen the last join before counting starts.
+    for (client, seen) in &mut sockets {
+        while !*seen {
+            *seen = client.recv_event("presence_diff").await[4]["joins"]
+                .get("erin")
+                .is_some();
+        }
+    }
+    let before = endpoint.stats();
+    assert_eq!(before.topics, 1);
+    let _bob = b.track("doc:1", "bob", json!({})).unwrap();
+    let mut bytes = 0;
+    for (client, _) in &mut sockets {
+        loop {
+            let diff = client.recv_event("presence_diff").await;
+            if diff[4]["joins"].get("bob").is_some() {
+                bytes = serde_json::to_string(&diff).unwrap().len();
+                break;
+            }
+        }
+    }
+    let after = endpoint.stats();
+    assert_eq!(after.diffs_rendered - before.diffs_rendered, 1);
+    assert_eq!(after.diffs_queued - before.diffs_queued, 3);
+    assert_eq!(
+        (after.diff_bytes_rendered - before.diff_bytes_rendered) as usize,
+        bytes,
+        "one rendering, of the frame each socket got"
+    );
+}
