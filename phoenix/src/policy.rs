@@ -43,13 +43,37 @@ impl Refusal {
     }
 }
 
-/// A presence to track for an accepted join.
+/// What an accepted join does.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Join<M> {
-    /// The key it is listed under (a user, a device).
-    pub key: String,
-    /// Its meta.
-    pub meta: M,
+#[non_exhaustive]
+pub enum Join<M> {
+    /// Tracks a presence for the channel, untracked when it leaves or the
+    /// socket closes.
+    Track {
+        /// The key it is listed under (a user, a device).
+        key: String,
+        /// Its meta.
+        meta: M,
+    },
+    /// Receives the topic's `presence_state` and diffs without being
+    /// listed (a dashboard, a lobby screen). Pushes of `"update"` on it
+    /// are refused.
+    Watch,
+}
+
+impl<M> Join<M> {
+    /// Tracks a presence under `key` with `meta`.
+    pub fn track(key: impl Into<String>, meta: M) -> Self {
+        Self::Track {
+            key: key.into(),
+            meta,
+        }
+    }
+
+    /// Watches without being listed.
+    pub fn watch() -> Self {
+        Self::Watch
+    }
 }
 
 /// The application's decisions, like Phoenix's `connect/3` in the socket
@@ -67,7 +91,7 @@ pub trait Policy<M>: Send + Sync + 'static {
     }
 
     /// Accepts a `phx_join` on `topic` with the join `params` by naming
-    /// the presence to track, or refuses it.
+    /// the presence to track (or by watching only), or refuses it.
     fn join(
         &self,
         topic: &str,
@@ -105,10 +129,7 @@ impl Policy<Value> for UserParams {
         };
         let mut meta = params.clone();
         meta.remove("user");
-        Ok(Join {
-            key: user.clone(),
-            meta: Value::Object(meta),
-        })
+        Ok(Join::track(user.clone(), Value::Object(meta)))
     }
 
     fn update(
@@ -172,8 +193,7 @@ mod tests {
                 &Connection::default(),
             )
             .unwrap();
-        assert_eq!(join.key, "alice");
-        assert_eq!(join.meta, json!({"device": "web"}));
+        assert_eq!(join, Join::track("alice", json!({"device": "web"})));
     }
 
     #[test]

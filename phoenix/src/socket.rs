@@ -17,17 +17,22 @@ use tokio::time::{Instant, timeout};
 use crate::endpoint::Shared;
 use crate::frame::{self, Inbound};
 use crate::hub::{Membership, Out};
-use crate::policy::{Connection, Object};
+use crate::policy::{Connection, Join, Object};
 use crate::render;
+
+/// The presence a joined topic tracks.
+struct Tracked<M: Meta> {
+    key: String,
+    meta: M,
+    guard: PresenceGuard<M>,
+}
 
 /// A joined topic.
 struct Channel<M: Meta> {
     join_ref: String,
-    key: String,
-    meta: M,
-    /// Dropped before the membership: the leave is still broadcast to
-    /// the other sockets.
-    _guard: PresenceGuard<M>,
+    /// `None` for a watch-only join. Dropped before the membership: the
+    /// leave is still broadcast to the other sockets.
+    tracked: Option<Tracked<M>>,
     membership: Membership<M>,
     /// Diffs up to this number are in the list the socket was sent.
     sent_through: u64,
@@ -210,10 +215,15 @@ where
             Ok(join) => join,
             Err(refusal) => return self.reply_error(&f, &refusal.reason).await,
         };
-        let tracker = self.shared.hubs.tracker();
-        let guard = match tracker.track(&f.topic, &join.key, join.meta.clone()) {
-            Ok(guard) => guard,
-            Err(e) => return self.reply_error(&f, &e.to_string()).await,
+        let tracked = match join {
+            Join::Track { key, meta } => {
+                let tracker = self.shared.hubs.tracker();
+                match tracker.track(&f.topic, &key, meta.clone()) {
+                    Ok(guard) => Some(Tracked { key, meta, guard }),
+                    Err(e) => return self.reply_error(&f, &e.to_string()).await,
+                }
+            }
+            _ => None,
         };
         let reply = frame::reply_ok(Some(&join_ref), f.reference.as_deref(), &f.topic);
         self.send_text(reply).await?;
@@ -224,9 +234,7 @@ where
             f.topic.clone(),
             Channel {
                 join_ref,
-                key: join.key,
-                meta: join.meta,
-                _guard: guard,
+                tracked,
                 membership,
                 sent_through: seq,
             },
@@ -271,22 +279,26 @@ where
             .channels
             .get_mut(topic)
             .ok_or_else(|| "unmatched topic".to_string())?;
+        let tracked = channel
+            .tracked
+            .as_mut()
+            .ok_or_else(|| "nothing is tracked on a watch-only join".to_string())?;
         let meta = self
             .shared
             .policy
             .update(
                 topic,
-                &channel.key,
-                &channel.meta,
+                &tracked.key,
+                &tracked.meta,
                 payload,
                 &self.connection,
             )
             .map_err(|refusal| refusal.reason)?;
-        channel
-            ._guard
+        tracked
+            .guard
             .update(meta.clone())
             .map_err(|e| e.to_string())?;
-        channel.meta = meta;
+        tracked.meta = meta;
         Ok(())
     }
 

@@ -229,10 +229,7 @@ impl Policy<Value> for TokenPolicy {
         let Some(Value::String(user)) = connection.assigns.get("user") else {
             return Err(Refusal::new("no user"));
         };
-        Ok(Join {
-            key: user.clone(),
-            meta: json!({}),
-        })
+        Ok(Join::track(user.clone(), json!({})))
     }
 }
 

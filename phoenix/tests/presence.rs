@@ -381,3 +381,45 @@ async fn a_diff_is_rendered_once_and_shared_by_every_socket_on_its_topic() {
         "one rendering, of the frame each socket got"
     );
 }
+
+/// Tracks joins with a `user`; watches the others.
+struct UsersOrWatchers;
+
+impl attendance_phoenix::Policy<Value> for UsersOrWatchers {
+    fn join(
+        &self,
+        topic: &str,
+        params: &Object,
+        connection: &attendance_phoenix::Connection,
+    ) -> Result<attendance_phoenix::Join<Value>, attendance_phoenix::Refusal> {
+        if params.contains_key("user") {
+            return UserParams.join(topic, params, connection);
+        }
+        Ok(attendance_phoenix::Join::watch())
+    }
+}
+
+#[tokio::test]
+async fn a_watch_only_join_gets_the_state_and_diffs_without_being_listed() {
+    let (_net, a, b) = pair();
+    let _alice = b.track("doc:1", "alice", json!({})).unwrap();
+    eventually("alice reaches a", || a.count("doc:1") == 1).await;
+    let addr = serve_with(&a, UsersOrWatchers, Limits::default()).await;
+    let mut watcher = Client::connect(addr).await;
+    let (join_ref, mut state) = watcher.join("doc:1", json!({})).await;
+    assert_eq!(
+        state.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["alice"]
+    );
+    assert_eq!(a.count("doc:1"), 1, "the watcher is not listed");
+    let _bob = b.track("doc:1", "bob", json!({})).unwrap();
+    watcher.follow(&mut state, |s| s.get("bob").is_some()).await;
+
+    let push = watcher.fresh_ref();
+    watcher
+        .send(json!([join_ref, push, "doc:1", "update", {"x": 1}]))
+        .await;
+    let reply = watcher.recv_event("phx_reply").await;
+    assert_eq!(reply[4]["status"], "error");
+    assert_eq!(a.count("doc:1"), 2);
+}
