@@ -24,6 +24,9 @@ use crate::socket;
 /// The serializer phoenix.js speaks; the only one served.
 const VSN: &str = "2.0.0";
 
+/// Bytes read from a socket at a time.
+const READ_BUFFER: usize = 1024;
+
 /// The subprotocol phoenix.js offers with an `authToken`, and the prefix
 /// of the one that carries the token.
 const PHOENIX_PROTOCOL: &str = "phoenix";
@@ -235,6 +238,10 @@ fn accept<M: Meta + Send + Sync + 'static>(
     Ok(ws
         .max_message_size(max)
         .max_frame_size(max)
+        // The read buffer is zeroed up to its size on every read attempt:
+        // the 128 KiB default costs more than the rest of a diff's
+        // delivery, and what clients send is small.
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| socket::serve(socket, shared, connection)))
 }
 

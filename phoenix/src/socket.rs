@@ -78,6 +78,9 @@ where
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let wake = socket.wake.clone();
+    // Kept across turns of the loop: registering a waiter anew on every
+    // diff sent costs a lock.
+    let mut lagged = std::pin::pin!(wake.notified());
     let stop = loop {
         let step = tokio::select! {
             inbound = socket.ws.recv() => {
@@ -85,7 +88,10 @@ where
                 socket.inbound(inbound).await
             }
             Some(out) = outbound.recv() => socket.outbound(out).await,
-            () = wake.notified() => socket.resync().await,
+            () = &mut lagged => {
+                lagged.set(wake.notified());
+                socket.resync().await
+            }
             () = &mut idle => Err(Stop::Close(close_code::NORMAL, "idle timeout")),
         };
         if let Err(stop) = step {
