@@ -117,6 +117,7 @@ pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use runtime::{
     PresenceGuard, StartError, Subscription, SubscriptionEvent, Tracker, TrackerBuilder,
     TrackerError, TrackerMetrics,

@@ -187,6 +187,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// `tls` feature); every member must set it. The cluster secret is
     /// still required. Other transports (`start_with`) ignore it.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: crate::transport::tls::TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -198,6 +199,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// [`secret`](Self::secret) keys the MAC every message carries, unless
     /// `config` has its own or turns the MAC off.
     #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
     pub fn nats(mut self, config: crate::transport::nats::NatsConfig) -> Self {
         self.nats = Some(config);
         self
