@@ -45,18 +45,47 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use attendance::protocol::{Config, MessageKind};
 use attendance::transport::nats::{NatsAuth, NatsConfig, NatsTls};
 use attendance::transport::tls::TlsConfig;
-use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
+use attendance::{PresenceGuard, SubscriptionEvent, Tracker, wire};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
+Commands on standard input, one a line:
+  track <topic> <key> <meta>    track a presence (again: one more for the key)
+  untrack <topic> <key>         untrack this node's presences under the key
+  update <topic> <key> <meta>   change their meta
+  list <topic>                  print the topic's presences as key=meta
+  count <topic>                 print how many presences the topic has
+  bulk <topic> <n> <meta>       track keys user:0 .. user:<n-1>
+  metrics                       print the messages and bytes received
+  quit                          leave the cluster (so do end of input and Ctrl-C)
+
+Environment:
+  RUST_LOG    what to log on standard error (default: warn), in tracing's
+              filter syntax, e.g. RUST_LOG=info or RUST_LOG=attendance=debug";
+
+/// The crate version, and the wire format versions this build speaks.
+fn version() -> &'static str {
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{}\nwire format: reads versions {}, writes the newest a peer reads too",
+            env!("CARGO_PKG_VERSION"),
+            wire::Versions::SUPPORTED,
+        )
+    });
+    &TEXT
+}
+
 /// Runs one replica of an attendance cluster and prints what it sees.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = version(), after_help = AFTER_HELP)]
 struct Args {
     /// The replica's name, unique in the cluster.
     #[arg(long)]
