@@ -17,6 +17,7 @@
 //! ```
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
+//! `--metrics ADDR` serves the replica's metrics to Prometheus over HTTP.
 //!
 //! With `--nats URL` (repeat it for the nodes of a NATS cluster) the
 //! replica meets its peers on a NATS broker instead of the mesh, and needs
@@ -165,6 +166,10 @@ struct Args {
     /// be (a DNS name in its subjectAltName equal to its --name).
     #[arg(long, requires = "tls_ca")]
     tls_replica_names: bool,
+    /// Serves the replica's metrics over HTTP on this address, in
+    /// Prometheus' text format (any path; `docs/operations.md` lists them).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn secret(args: &Args) -> Result<String, String> {
@@ -247,6 +252,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    }
     let config = Config::with_broadcast_period(Duration::from_millis(args.broadcast_ms.max(1)));
     let mut builder = Tracker::builder(&args.name).config(config);
     if !args.nats_no_mac {

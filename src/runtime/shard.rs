@@ -47,6 +47,8 @@ pub(crate) struct Common {
     /// their guard holds to the current one.
     renamed: TimedMutex<HashMap<PresenceId, PresenceId>>,
     any_renamed: AtomicBool,
+    /// Subscribers that fell behind and were sent the whole list again.
+    pub(crate) resyncs: AtomicU64,
 }
 
 /// A value alone in its cache lines: the cores that write it do not
@@ -94,6 +96,7 @@ impl Common {
             first_id,
             renamed: TimedMutex::new(HashMap::new(), locks.clone(), "renamed"),
             any_renamed: AtomicBool::new(false),
+            resyncs: AtomicU64::new(0),
             locks,
         }
     }
@@ -456,6 +459,7 @@ impl<M: Meta> Shard<M> {
             out.extend(peer.data.presences_unsorted(topic));
         }
         feed.skip_to_tail(pos);
+        self.common.resyncs.fetch_add(1, Ordering::Relaxed);
         out
     }
 
