@@ -51,6 +51,7 @@
 //! | `runtime` | yes | the tokio [`Tracker`], its guards and subscriptions, and the [`transport`]s: in-memory and the authenticated TCP mesh |
 //! | `tls` | no | TLS (rustls, `ring` provider) under the TCP mesh: `transport::tls` and `TrackerBuilder::tls` |
 //! | `nats` | no | a NATS broker transport (`async-nats`): `transport::nats` and `TrackerBuilder::nats` |
+//! | `metrics` | no | the tracker's counters published through the [`metrics`](https://docs.rs/metrics) facade once a broadcast period, for any recorder (Prometheus, StatsD, …); names in `docs/operations.md` |
 //! | `crdts` | no | `crdts::CvRDT` and `crdts::CmRDT` for [`State`], to plug into code written against those traits |
 //!
 //! Without `runtime`, the crate is the state, protocol and wire layers
@@ -117,6 +118,7 @@ pub mod transport;
 pub mod wire;
 
 #[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use runtime::{
     Events, PresenceGuard, ReplicaEvent, StartError, Subscription, SubscriptionEvent, TopicCounts,
     TopicLists, TopicScope, Tracker, TrackerBuilder, TrackerError, TrackerEvent, TrackerMetrics,

@@ -17,6 +17,7 @@
 //! ```
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
+//! `--metrics ADDR` serves the replica's metrics to Prometheus over HTTP.
 //!
 //! With `--nats URL` (repeat it for the nodes of a NATS cluster) the
 //! replica meets its peers on a NATS broker instead of the mesh, and needs
@@ -45,18 +46,47 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use attendance::protocol::{Config, MessageKind};
 use attendance::transport::nats::{NatsAuth, NatsConfig, NatsTls};
 use attendance::transport::tls::TlsConfig;
-use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
+use attendance::{PresenceGuard, SubscriptionEvent, Tracker, wire};
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
+Commands on standard input, one a line:
+  track <topic> <key> <meta>    track a presence (again: one more for the key)
+  untrack <topic> <key>         untrack this node's presences under the key
+  update <topic> <key> <meta>   change their meta
+  list <topic>                  print the topic's presences as key=meta
+  count <topic>                 print how many presences the topic has
+  bulk <topic> <n> <meta>       track keys user:0 .. user:<n-1>
+  metrics                       print the messages and bytes received
+  quit                          leave the cluster (so do end of input and Ctrl-C)
+
+Environment:
+  RUST_LOG    what to log on standard error (default: warn), in tracing's
+              filter syntax, e.g. RUST_LOG=info or RUST_LOG=attendance=debug";
+
+/// The crate version, and the wire format versions this build speaks.
+fn version() -> &'static str {
+    static TEXT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{}\nwire format: reads versions {}, writes the newest a peer reads too",
+            env!("CARGO_PKG_VERSION"),
+            wire::Versions::SUPPORTED,
+        )
+    });
+    &TEXT
+}
+
 /// Runs one replica of an attendance cluster and prints what it sees.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = version(), after_help = AFTER_HELP)]
 struct Args {
     /// The replica's name, unique in the cluster.
     #[arg(long)]
@@ -136,6 +166,10 @@ struct Args {
     /// be (a DNS name in its subjectAltName equal to its --name).
     #[arg(long, requires = "tls_ca")]
     tls_replica_names: bool,
+    /// Serves the replica's metrics over HTTP on this address, in
+    /// Prometheus' text format (any path; `docs/operations.md` lists them).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn secret(args: &Args) -> Result<String, String> {
@@ -218,6 +252,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| format!("--metrics {addr}: {e}"))?;
+    }
     let config = Config::with_broadcast_period(Duration::from_millis(args.broadcast_ms.max(1)));
     let mut builder = Tracker::builder(&args.name).config(config);
     if !args.nats_no_mac {

@@ -12,7 +12,7 @@ const SECRET: &str = "the test cluster secret, 32+ bytes long";
 
 mod support;
 
-use support::{Replica, addresses};
+use support::{Replica, addresses, mesh_args};
 
 /// Starts a replica of the test cluster subscribed to `room`.
 fn replica(
@@ -34,26 +34,8 @@ fn replica_with(
     tracks: &[&str],
     extra: &[String],
 ) -> Replica {
-    let mut args: Vec<String> = [
-        "--name",
-        name,
-        "--listen",
-        &listen.to_string(),
-        "--secret",
-        secret,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--broadcast-ms".into(),
-        BROADCAST_MS.to_string(),
-        "--topic".into(),
-        "room".into(),
-    ]);
-    for p in peers {
-        args.extend(["--peer".into(), p.to_string()]);
-    }
+    let mut args = mesh_args(name, listen, peers, secret, BROADCAST_MS);
+    args.extend(["--topic".into(), "room".into()]);
     for t in tracks {
         args.extend(["--track".into(), t.to_string()]);
     }

@@ -38,6 +38,9 @@ pub(crate) async fn drive<M, T>(
     M: Meta + Send + Sync + 'static,
     T: Transport,
 {
+    #[cfg(feature = "metrics")]
+    let mut exporter =
+        super::metrics_export::Exporter::new(shared.lock().node.config().broadcast_period);
     loop {
         let deadline = shared.origin + shared.lock().node.poll_timeout();
         let outgoing = tokio::select! {
@@ -67,6 +70,8 @@ pub(crate) async fn drive<M, T>(
                 on_event(&shared, event).await
             }
             () = tokio::time::sleep_until(deadline) => {
+                #[cfg(feature = "metrics")]
+                exporter.tick(&shared);
                 with_node(&shared, |driven, now| driven.node.handle_timeout(now))
             }
         };

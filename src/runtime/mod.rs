@@ -50,6 +50,8 @@ mod feed;
 mod guard;
 mod keys;
 mod lock;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 mod shard;
 mod store;
 mod subscription;
@@ -192,6 +194,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// `tls` feature); every member must set it. The cluster secret is
     /// still required. Other transports (`start_with`) ignore it.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(mut self, tls: crate::transport::tls::TlsConfig) -> Self {
         self.tls = Some(tls);
         self
@@ -203,6 +206,7 @@ impl<M: Meta + Send + Sync + 'static> TrackerBuilder<M> {
     /// [`secret`](Self::secret) keys the MAC every message carries, unless
     /// `config` has its own or turns the MAC off.
     #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
     pub fn nats(mut self, config: crate::transport::nats::NatsConfig) -> Self {
         self.nats = Some(config);
         self
@@ -506,6 +510,12 @@ pub struct TrackerMetrics {
     pub replicas_up: usize,
     /// Other replicas known but not listed: joining, down or purged.
     pub replicas_not_up: usize,
+    /// Other replicas known, by status: `joining`, `up`, `down`, `purged`
+    /// (every status present, zero or not).
+    pub replicas_by_status: BTreeMap<&'static str, usize>,
+    /// Subscribers that fell more than the subscriber queue behind and got
+    /// [`SubscriptionEvent::Resync`] instead of the diffs they missed.
+    pub subscriber_resyncs: u64,
     /// Transport links up.
     pub peers_connected: usize,
     /// Visible presences per topic.
@@ -678,27 +688,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
 
     /// Counters: traffic, replicas, presences per topic.
     pub fn metrics(&self) -> TrackerMetrics {
-        let (protocol, statuses, peers_up) = {
-            let inner = self.shared.lock();
-            let statuses: Vec<ReplicaStatus> = inner.node.replicas().map(|(_, s)| s).collect();
-            (inner.node.metrics().clone(), statuses, inner.peers_up)
-        };
-        let up = statuses.iter().filter(|s| **s == ReplicaStatus::Up).count();
-        let mut presences = BTreeMap::new();
-        for shard in self.shared.shards.iter() {
-            shard.add_counts(&mut presences);
-        }
-        TrackerMetrics {
-            protocol,
-            replicas_up: up,
-            replicas_not_up: statuses.len() - up,
-            peers_connected: peers_up,
-            presences,
-            transport: self.shared.transport_stats.as_ref().map(StatsReader::read),
-            longest_lock_hold: self.shared.locks.longest(),
-            lock_holds_over_1ms: self.shared.locks.long_holds(),
-            longest_held_lock: self.shared.locks.longest_lock(),
-        }
+        self.shared.metrics()
     }
 
     /// Starts measuring [`TrackerMetrics::longest_lock_hold`] and
@@ -767,6 +757,44 @@ impl<M: Meta> Shared<M> {
 
     fn shard(&self, topic: &str) -> &Arc<Shard<M>> {
         &self.shards[shard_of(topic, self.shards.len())]
+    }
+
+    /// What [`Tracker::metrics`] returns.
+    fn metrics(&self) -> TrackerMetrics {
+        let (protocol, statuses, peers_up) = {
+            let inner = self.lock();
+            let statuses: Vec<ReplicaStatus> = inner.node.replicas().map(|(_, s)| s).collect();
+            (inner.node.metrics().clone(), statuses, inner.peers_up)
+        };
+        let mut replicas_by_status: BTreeMap<&'static str, usize> =
+            [("joining", 0), ("up", 0), ("down", 0), ("purged", 0)].into();
+        for status in &statuses {
+            let name = match status {
+                ReplicaStatus::Joining => "joining",
+                ReplicaStatus::Up => "up",
+                ReplicaStatus::Down => "down",
+                ReplicaStatus::Purged(_) => "purged",
+            };
+            *replicas_by_status.entry(name).or_default() += 1;
+        }
+        let up = replicas_by_status["up"];
+        let mut presences = BTreeMap::new();
+        for shard in self.shards.iter() {
+            shard.add_counts(&mut presences);
+        }
+        TrackerMetrics {
+            protocol,
+            replicas_up: up,
+            replicas_not_up: statuses.len() - up,
+            replicas_by_status,
+            subscriber_resyncs: self.common.resyncs.load(Ordering::Relaxed),
+            peers_connected: peers_up,
+            presences,
+            transport: self.transport_stats.as_ref().map(StatsReader::read),
+            longest_lock_hold: self.locks.longest(),
+            lock_holds_over_1ms: self.locks.long_holds(),
+            longest_held_lock: self.locks.longest_lock(),
+        }
     }
 
     /// The driver task ends: refuse changes from now on, and end every

@@ -50,6 +50,8 @@ pub(crate) struct Common {
     any_renamed: AtomicBool,
     /// Other replicas coming and going, for [`super::Events`].
     pub(crate) replica_events: Arc<Feed<ReplicaEvent>>,
+    /// Subscribers that fell behind and were sent the whole list again.
+    pub(crate) resyncs: AtomicU64,
 }
 
 /// A value alone in its cache lines: the cores that write it do not
@@ -98,6 +100,7 @@ impl Common {
             renamed: TimedMutex::new(HashMap::new(), locks.clone(), "renamed"),
             any_renamed: AtomicBool::new(false),
             replica_events: Arc::new(Feed::new(queue, locks.clone())),
+            resyncs: AtomicU64::new(0),
             locks,
         }
     }
@@ -533,6 +536,7 @@ impl<M: Meta> Shard<M> {
         pos: &mut Position,
     ) -> Vec<TopicPresences<M>> {
         let s = self.lock();
+        self.common.resyncs.fetch_add(1, Ordering::Relaxed);
         feed.skip_to_tail(pos);
         s.all_presences()
     }
@@ -572,6 +576,7 @@ impl<M: Meta> Shard<M> {
             out.extend(peer.data.presences_unsorted(topic));
         }
         feed.skip_to_tail(pos);
+        self.common.resyncs.fetch_add(1, Ordering::Relaxed);
         out
     }
 

@@ -9,6 +9,7 @@
 
 use super::{Delta, Meta, State, StateError};
 
+#[cfg_attr(docsrs, doc(cfg(feature = "crdts")))]
 impl<M: Meta> crdts::CvRDT for State<M> {
     type Validation = StateError;
 
@@ -21,6 +22,7 @@ impl<M: Meta> crdts::CvRDT for State<M> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "crdts")))]
 impl<M: Meta> crdts::CmRDT for State<M> {
     type Op = Delta<M>;
     type Validation = StateError;

@@ -9,9 +9,11 @@
 
 pub mod memory;
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
 pub mod tcp;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
 use std::fmt;
@@ -36,6 +38,7 @@ pub enum TransportStats {
     Tcp(tcp::TcpStats),
     /// The NATS transport's: the broker link, traffic, refusals, drops.
     #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
     Nats(nats::NatsStats),
 }
 
@@ -102,11 +105,13 @@ pub enum TransportError {
     /// The TLS settings are not usable (a certificate or key that does not
     /// parse or match).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// The NATS transport could not start: credentials refused, no server
     /// reachable, TLS failing, subjects this replica may not use.
     #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
     #[error(transparent)]
     Nats(#[from] nats::NatsError),
 }

@@ -31,8 +31,81 @@ pub(crate) mod msgpack;
 
 use crate::state::{Delta, Meta};
 
-/// The format version this build writes and reads.
+/// The newest format version this build writes and reads.
 pub const VERSION: u8 = 2;
+
+/// The oldest format version this build reads, and writes to a peer that
+/// reads no newer one. See `docs/protocol.md` ("Versions") for how long an
+/// old version stays readable.
+pub const MIN_VERSION: u8 = 2;
+
+/// A range of format versions: those a build reads, and among which it
+/// writes the highest its peer reads too ([`Versions::negotiate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Versions {
+    min: u8,
+    max: u8,
+}
+
+impl Versions {
+    /// What this build reads: [`MIN_VERSION`] to [`VERSION`].
+    pub const SUPPORTED: Versions = Versions {
+        min: MIN_VERSION,
+        max: VERSION,
+    };
+
+    /// `min` to `max`, both included; `None` if `min` exceeds `max`.
+    pub const fn new(min: u8, max: u8) -> Option<Self> {
+        if min > max {
+            None
+        } else {
+            Some(Self { min, max })
+        }
+    }
+
+    /// The oldest version of the range.
+    pub const fn min(self) -> u8 {
+        self.min
+    }
+
+    /// The newest version of the range.
+    pub const fn max(self) -> u8 {
+        self.max
+    }
+
+    /// Whether `version` is in the range.
+    pub const fn contains(self, version: u8) -> bool {
+        self.min <= version && version <= self.max
+    }
+
+    /// The version two builds speak to each other: the highest both read.
+    /// Both sides compute the same one from the two ranges.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::NoCommonVersion`] when the ranges do not overlap.
+    pub fn negotiate(self, peer: Versions) -> Result<u8, WireError> {
+        let highest = self.max.min(peer.max);
+        if highest >= self.min.max(peer.min) {
+            Ok(highest)
+        } else {
+            Err(WireError::NoCommonVersion {
+                ours: self,
+                theirs: peer,
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for Versions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.max)
+        } else {
+            write!(f, "{} to {}", self.min, self.max)
+        }
+    }
+}
 
 /// The largest message [`decode`] accepts: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -63,6 +136,15 @@ pub enum WireError {
     /// The message was written by an unknown format version.
     #[error("unknown format version {0}")]
     UnknownVersion(u8),
+    /// A peer reads no format version this build writes: a build too old
+    /// or too new to share a cluster with this one.
+    #[error("no common format version: this build reads {ours}, the peer {theirs}")]
+    NoCommonVersion {
+        /// The versions this build reads.
+        ours: Versions,
+        /// The versions the peer reads.
+        theirs: Versions,
+    },
     /// The message is of a kind this build does not know.
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
@@ -121,7 +203,7 @@ pub(crate) fn open(
     }
     let mut reader = msgpack::Reader::new(bytes);
     let version = reader.byte()?;
-    if version != VERSION {
+    if !Versions::SUPPORTED.contains(version) {
         return Err(WireError::UnknownVersion(version));
     }
     let kind = reader.byte()?;
@@ -133,5 +215,52 @@ pub(crate) fn finish<T>(reader: &msgpack::Reader<'_>, value: T) -> Result<T, Wir
     match reader.remaining() {
         0 => Ok(value),
         n => Err(WireError::TrailingBytes(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(min: u8, max: u8) -> Versions {
+        Versions::new(min, max).unwrap()
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version_on_both_sides() {
+        let cases = [
+            (range(2, 2), range(2, 2), Some(2)),
+            (range(2, 2), range(2, 3), Some(2)),
+            (range(2, 3), range(3, 4), Some(3)),
+            (range(2, 4), range(3, 3), Some(3)),
+            (range(2, 2), range(3, 4), None),
+            (range(2, 2), range(4, 4), None),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(a.negotiate(b).ok(), expected, "{a} with {b}");
+            assert_eq!(b.negotiate(a).ok(), expected, "{b} with {a}");
+        }
+        assert_eq!(
+            range(2, 2).negotiate(range(4, 4)),
+            Err(WireError::NoCommonVersion {
+                ours: range(2, 2),
+                theirs: range(4, 4)
+            })
+        );
+        assert_eq!(Versions::new(3, 2), None);
+    }
+
+    #[test]
+    fn every_supported_version_is_read_and_no_other() {
+        for version in 0..=u8::MAX {
+            let bytes = [version, Kind::Delta as u8];
+            match open(&bytes, DEFAULT_MAX_MESSAGE_BYTES) {
+                Ok(_) => assert!(Versions::SUPPORTED.contains(version)),
+                Err(e) => {
+                    assert!(!Versions::SUPPORTED.contains(version));
+                    assert_eq!(e, WireError::UnknownVersion(version));
+                }
+            }
+        }
     }
 }

@@ -84,6 +84,34 @@ impl Drop for Replica {
     }
 }
 
+/// The arguments of a replica on the TCP mesh: its name, address, peers,
+/// cluster secret and broadcast period.
+pub fn mesh_args(
+    name: &str,
+    listen: SocketAddr,
+    peers: &[SocketAddr],
+    secret: &str,
+    broadcast_ms: u64,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--name",
+        name,
+        "--listen",
+        &listen.to_string(),
+        "--secret",
+        secret,
+        "--broadcast-ms",
+        &broadcast_ms.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in peers {
+        args.extend(["--peer".into(), p.to_string()]);
+    }
+    args
+}
+
 /// Free loopback addresses to listen on.
 pub fn addresses(n: usize) -> Vec<SocketAddr> {
     let listeners: Vec<TcpListener> = (0..n)

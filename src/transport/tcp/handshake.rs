@@ -22,7 +22,9 @@ use crate::{Incarnation, ReplicaId, ReplicaName};
 pub(super) const MAGIC: &[u8; 4] = b"attn";
 pub(super) const CHALLENGE_LEN: usize = 32;
 const KEY_ID_LEN: usize = 8;
-pub(super) const HELLO_LEN: usize = MAGIC.len() + 1 + CHALLENGE_LEN + KEY_ID_LEN;
+/// The magic, the newest and the oldest format version read.
+const HELLO_HEAD: usize = MAGIC.len() + 2;
+pub(super) const HELLO_LEN: usize = HELLO_HEAD + CHALLENGE_LEN + KEY_ID_LEN;
 const MAC_LEN: usize = 32;
 /// Room for the largest auth frame (1 + 255 + 12 + 32 bytes).
 const HANDSHAKE_MAX_FRAME: usize = 512;
@@ -48,7 +50,8 @@ pub(super) enum HandshakeError {
     Rejected,
     Oversized,
     Malformed(&'static str),
-    Version(u8),
+    /// The two builds read no common format version.
+    Version(wire::WireError),
     BadMac,
     /// The dialer named a secret this replica does not hold.
     UnknownKey(KeyId),
@@ -108,9 +111,9 @@ pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &Han
         HandshakeError::UnknownKey(key) => {
             tracing::warn!(%addr, ?role, %key, "handshake refused: the dialer's secret is not in the keyring");
         }
-        HandshakeError::Version(version) => {
+        HandshakeError::Version(error) => {
             bump(&counters.version_mismatches);
-            tracing::warn!(%addr, ?role, peer_version = version, version = wire::VERSION, "handshake refused: another format version");
+            tracing::warn!(%addr, ?role, %error, "handshake refused: the peer's build is too old or too new for this one");
         }
         HandshakeError::Oversized => {
             bump(&counters.frames_oversized);
@@ -155,6 +158,8 @@ pub(super) fn refused(shared: &Shared, addr: SocketAddr, role: Role, error: &Han
 /// An authenticated connection's keys and what was read past the handshake.
 pub(super) struct Session {
     pub(super) peer: ReplicaId,
+    /// The format version both sides write: the highest both read.
+    pub(super) version: u8,
     /// The cluster secret that authenticated it.
     pub(super) key: KeyId,
     pub(super) seal: FrameMac,
@@ -191,17 +196,28 @@ pub(super) fn decode_id(bytes: &[u8]) -> Option<ReplicaId> {
     ))
 }
 
-fn check_hello(hello: &[u8]) -> Result<(), HandshakeError> {
+/// Checks a peer's hello; the format version both sides then write.
+///
+/// The magic and the version range keep their places in every version;
+/// what follows them may grow (a longer hello is read up to the key id, the
+/// rest being covered by the MACs all the same).
+fn check_hello(hello: &[u8], versions: wire::Versions) -> Result<u8, HandshakeError> {
     if hello.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
         return Err(HandshakeError::Malformed("not a hello"));
     }
-    // The version comes before the length check: another version may have
-    // another hello.
-    match hello.get(MAGIC.len()) {
-        Some(&version) if version != wire::VERSION => Err(HandshakeError::Version(version)),
-        _ if hello.len() != HELLO_LEN => Err(HandshakeError::Malformed("hello length")),
-        _ => Ok(()),
+    let (Some(&max), Some(&min)) = (hello.get(MAGIC.len()), hello.get(MAGIC.len() + 1)) else {
+        return Err(HandshakeError::Malformed("hello length"));
+    };
+    let theirs = wire::Versions::new(min, max).ok_or(HandshakeError::Malformed("version range"))?;
+    // The versions come before the length check: another version may have
+    // a longer hello.
+    let version = versions
+        .negotiate(theirs)
+        .map_err(HandshakeError::Version)?;
+    if hello.len() < HELLO_LEN {
+        return Err(HandshakeError::Malformed("hello length"));
     }
+    Ok(version)
 }
 
 /// The MAC over a label, the two hellos and the ids so far.
@@ -256,11 +272,14 @@ fn peer_of(
 /// Authenticates a fresh connection both ways (see the module docs). The
 /// peer's hello must arrive within `hello_timeout`, and the replica it
 /// authenticates as must be one `certified` allows (checked before the
-/// acceptor answers, so a refused dialer never completes its side).
+/// acceptor answers, so a refused dialer never completes its side). The
+/// hellos advertise the format `versions` each side reads; a peer with none
+/// in common is refused.
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     role: Role,
     me: &ReplicaId,
+    versions: wire::Versions,
     keyring: &Keyring,
     hello_timeout: Duration,
     certified: &(dyn Fn(&ReplicaId) -> bool + Send + Sync),
@@ -270,9 +289,10 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     // primary, for the logs only.
     let (own_key, dialing) = keyring.dialing_key();
     let mut own_hello = [0; HELLO_LEN];
-    let (head, rest) = own_hello.split_at_mut(MAGIC.len() + 1);
+    let (head, rest) = own_hello.split_at_mut(HELLO_HEAD);
     head[..MAGIC.len()].copy_from_slice(MAGIC);
-    head[MAGIC.len()] = wire::VERSION;
+    head[MAGIC.len()] = versions.max();
+    head[MAGIC.len() + 1] = versions.min();
     let (challenge, key_id) = rest.split_at_mut(CHALLENGE_LEN);
     getrandom::fill(challenge).map_err(HandshakeError::Random)?;
     key_id.copy_from_slice(own_key.as_bytes());
@@ -281,7 +301,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let peer_hello = tokio::time::timeout(hello_timeout, read_frame(&mut framed))
         .await
         .map_err(|_| HandshakeError::Timeout)??;
-    check_hello(&peer_hello)?;
+    let version = check_hello(&peer_hello, versions)?;
     if peer_hello[..] == own_hello[..] {
         return Err(HandshakeError::Malformed("reflected hello"));
     }
@@ -293,7 +313,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Role::Dialer => (own_key, dialing),
         Role::Acceptor => {
             let mut id = [0; KEY_ID_LEN];
-            id.copy_from_slice(&peer_hello[HELLO_LEN - KEY_ID_LEN..]);
+            id.copy_from_slice(&peer_hello[HELLO_LEN - KEY_ID_LEN..HELLO_LEN]);
             let id = KeyId::from_bytes(id);
             (id, keyring.get(id).ok_or(HandshakeError::UnknownKey(id))?)
         }
@@ -367,6 +387,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let read_buf = framed.into_parts().read_buf;
     Ok(Session {
         peer: peer_id,
+        version,
         key: key_id,
         seal: FrameMac {
             key: key.clone(),

@@ -177,6 +177,7 @@ async fn inbound(ctx: TaskCtx, stream: TcpStream, addr: SocketAddr, slot: Slot) 
             &mut conn,
             Role::Acceptor,
             &config.replica,
+            config.versions,
             &shared.keyring,
             hello_timeout,
             &|peer| certified(shared, &cert, peer),
@@ -230,6 +231,7 @@ pub(super) async fn dial_loop(ctx: TaskCtx, addr: SocketAddr) {
                         &mut conn,
                         Role::Dialer,
                         &config.replica,
+                        config.versions,
                         &shared.keyring,
                         config.handshake_timeout,
                         &|peer| certified(shared, &cert, peer),
@@ -309,6 +311,7 @@ enum LinkEnd {
 async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAddr) {
     let Session {
         peer,
+        version,
         key,
         mut seal,
         mut open,
@@ -327,7 +330,11 @@ async fn run_link(ctx: &TaskCtx, stream: Conn, session: Session, addr: SocketAdd
     if !ctx.register(&peer, link).await {
         return;
     }
-    tracing::debug!(%peer, %addr, "link up");
+    // Messages are written at `wire::VERSION`: while this build reads one
+    // format only, that is the version every link to a real build
+    // negotiates. A build that adds a version converts what it sends on
+    // links of an older one here.
+    tracing::debug!(%peer, %addr, version, "link up");
     let end = {
         let (read_half, write_half) = tokio::io::split(stream);
         let mut reader = FramedRead::new(read_half, codec(shared.config.max_frame_bytes));

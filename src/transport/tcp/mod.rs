@@ -12,10 +12,14 @@
 //! derived from the secret but the id of its own (a one-way HMAC that only
 //! names it):
 //!
-//! 1. Both sides send a hello (45 bytes): `"attn"`, the format version
-//!    ([`crate::wire::VERSION`]), a 32-byte random challenge, and the
-//!    [`KeyId`] of the secret it dials with. Either side closes the
-//!    connection if the versions differ; the acceptor closes it if it does
+//! 1. Both sides send a hello (46 bytes): `"attn"`, the newest and the
+//!    oldest format version it reads ([`crate::wire::Versions`]), a 32-byte
+//!    random challenge, and the [`KeyId`] of the secret it dials with. Both
+//!    sides then write the highest version both read; either side closes
+//!    the connection if there is none ([`crate::wire::WireError::NoCommonVersion`],
+//!    logged and counted in [`TcpStats::version_mismatches`]). The magic and
+//!    the two versions keep their places in every later hello, which may
+//!    only grow. The acceptor closes the connection if it does
 //!    not hold the dialer's secret ([`Keyring`]). The acceptor must
 //!    receive the dialer's hello within [`TcpConfig::hello_timeout`].
 //! 2. The dialer sends its replica id and
@@ -178,9 +182,13 @@ pub struct TcpConfig {
     /// Encrypts every connection with TLS, under the handshake above: both
     /// sides must set it. Default `None`.
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls: Option<TlsConfig>,
     secret: Vec<u8>,
     keyring: Option<Keyring>,
+    /// The format versions advertised: [`wire::Versions::SUPPORTED`],
+    /// other ranges standing in for other builds in tests.
+    versions: crate::wire::Versions,
 }
 
 impl TcpConfig {
@@ -210,6 +218,7 @@ impl TcpConfig {
             tls: None,
             secret: secret.into(),
             keyring: None,
+            versions: crate::wire::Versions::SUPPORTED,
         }
     }
 
@@ -219,6 +228,14 @@ impl TcpConfig {
     #[must_use]
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
         self.keyring = Some(keyring);
+        self
+    }
+
+    /// Advertises `versions` instead of the ones this build reads: a
+    /// stand-in for another build.
+    #[cfg(test)]
+    pub(crate) fn with_versions(mut self, versions: crate::wire::Versions) -> Self {
+        self.versions = versions;
         self
     }
 
@@ -320,7 +337,8 @@ impl fmt::Debug for TcpConfig {
             .field("max_links", &self.max_links)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("idle_timeout", &self.idle_timeout)
-            .field("close_timeout", &self.close_timeout);
+            .field("close_timeout", &self.close_timeout)
+            .field("versions", &self.versions);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.field("secret", &"<redacted>")

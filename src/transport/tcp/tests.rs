@@ -189,8 +189,10 @@ async fn malformed_handshakes_are_refused_and_good_peers_still_served() {
         out.extend_from_slice(body);
         out
     };
+    // A build that reads only versions newer than this one's.
     let mut wrong_version = MAGIC.to_vec();
-    wrong_version.push(wire::VERSION.wrapping_add(1));
+    wrong_version.push(wire::VERSION + 2);
+    wrong_version.push(wire::VERSION + 2);
     wrong_version.extend_from_slice(&[7; CHALLENGE_LEN]);
     let mut truncated = frame(&wrong_version);
     truncated[LENGTH_LEN + MAGIC.len()] = wire::VERSION;
@@ -239,6 +241,7 @@ async fn a_replayed_or_forged_frame_closes_the_link() {
         &mut stream,
         Role::Dialer,
         &me,
+        wire::Versions::SUPPORTED,
         &secret,
         WAIT,
         &|_| true,
@@ -265,6 +268,7 @@ async fn a_replayed_or_forged_frame_closes_the_link() {
         &mut stream,
         Role::Dialer,
         &me,
+        wire::Versions::SUPPORTED,
         &secret,
         WAIT,
         &|_| true,
@@ -381,6 +385,7 @@ async fn an_idle_peer_is_dropped_and_keepalives_keep_links_up() {
         &mut stream,
         Role::Dialer,
         &raw,
+        wire::Versions::SUPPORTED,
         &secret,
         WAIT,
         &|_| true,
@@ -667,6 +672,7 @@ async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
         &mut stream,
         Role::Dialer,
         &ida,
+        wire::Versions::SUPPORTED,
         &ring,
         WAIT,
         &|_| true,
@@ -689,6 +695,7 @@ async fn a_second_connection_claiming_a_live_peer_captures_nothing() {
         &mut third,
         Role::Dialer,
         &ida,
+        wire::Versions::SUPPORTED,
         &ring,
         WAIT,
         &|_| true,
@@ -795,4 +802,105 @@ async fn a_flood_of_idle_connections_does_not_keep_a_configured_peer_out() {
         "refusal logs are rate-limited"
     );
     assert!(waited < Duration::from_secs(5), "took {waited:?}");
+}
+
+/// Builds of other format versions, for the rolling upgrade below: each
+/// advertises the versions it would read.
+mod versions {
+    use super::*;
+    use crate::protocol::Config;
+    use crate::transport::TransportStats;
+    use crate::wire::Versions;
+    use crate::{Tracker, TrackerMetrics};
+
+    /// This build.
+    const OLD: Versions = Versions::SUPPORTED;
+
+    /// The next build: it reads this build's version and its own.
+    fn next() -> Versions {
+        Versions::new(wire::MIN_VERSION, wire::VERSION + 1).unwrap()
+    }
+
+    /// A build two versions on, which stopped reading this one.
+    fn far() -> Versions {
+        Versions::new(wire::VERSION + 2, wire::VERSION + 2).unwrap()
+    }
+
+    /// A tracker advertising `versions`, and its address.
+    async fn start(
+        name: &str,
+        versions: Versions,
+        peers: &[SocketAddr],
+    ) -> (Tracker<String>, SocketAddr) {
+        let mut addr = None;
+        let tracker = Tracker::builder(name)
+            .config(Config::with_broadcast_period(Duration::from_millis(50)))
+            .start_with_async(|id| async {
+                let config = config(id, SECRET)
+                    .with_versions(versions)
+                    .with_peers(peers.iter().copied());
+                let transport = TcpTransport::bind(config).await?;
+                addr = Some(transport.local_addr());
+                Ok::<_, TransportError>(transport)
+            })
+            .await
+            .unwrap();
+        (tracker, addr.unwrap())
+    }
+
+    fn keys(tracker: &Tracker<String>) -> Vec<String> {
+        let mut keys: Vec<String> = tracker
+            .list("room")
+            .into_iter()
+            .map(|g| g.key.as_str().to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn tcp(metrics: &TrackerMetrics) -> TcpStats {
+        match &metrics.transport {
+            Some(TransportStats::Tcp(stats)) => stats.clone(),
+            other => panic!("not the TCP mesh: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolling_upgrade_converges_and_a_build_without_a_common_version_is_refused() {
+        // Two replicas of this build.
+        let (a, addr_a) = start("a", OLD, &[]).await;
+        let (b, _) = start("b", OLD, &[addr_a]).await;
+        let _alice = a.track("room", "alice", "web".into()).unwrap();
+        eventually("b to see alice", || keys(&b) == ["alice"]).await;
+
+        // b is upgraded: stopped, then started again as the next build.
+        b.shutdown().await;
+        let (b, addr_b) = start("b", next(), &[addr_a]).await;
+        let _bob = b.track("room", "bob", "web".into()).unwrap();
+        eventually("the old and the next build to converge", || {
+            keys(&a) == ["alice", "bob"] && keys(&b) == ["alice", "bob"]
+        })
+        .await;
+
+        // A build that no longer reads this one is refused by both, and
+        // changes nothing for them.
+        let (c, _) = start("c", far(), &[addr_a, addr_b]).await;
+        let _carol = c.track("room", "carol", "web".into()).unwrap();
+        eventually("both to refuse the far build", || {
+            tcp(&a.metrics()).version_mismatches > 0 && tcp(&b.metrics()).version_mismatches > 0
+        })
+        .await;
+        let _dave = a.track("room", "dave", "web".into()).unwrap();
+        eventually("b to see dave", || keys(&b) == ["alice", "bob", "dave"]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(keys(&a), ["alice", "bob", "dave"]);
+        assert_eq!(keys(&b), ["alice", "bob", "dave"]);
+        assert_eq!(keys(&c), ["carol"]);
+        assert_eq!(a.metrics().peers_connected, 1);
+        assert_eq!(c.metrics().peers_connected, 0);
+        assert_eq!(tcp(&c.metrics()).handshakes_ok, 0);
+        for t in [a, b, c] {
+            t.shutdown().await;
+        }
+    }
 }
