@@ -5,6 +5,11 @@
 //! missing, then runs `cargo test --workspace --release [ARGS]`. The tests
 //! themselves never install anything: a test that finds a program missing
 //! fails with a message naming this command.
+//!
+//! `cargo xtask msrv` checks each published crate's `rust-version` against
+//! its dependencies' and its edition's.
+
+mod msrv;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -27,8 +32,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("msrv") => msrv::check(),
         _ => {
-            eprintln!("usage: cargo xtask test [ARGS for cargo test]");
+            eprintln!("usage: cargo xtask test [ARGS for cargo test] | cargo xtask msrv");
             ExitCode::from(2)
         }
     }
