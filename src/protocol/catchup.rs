@@ -703,6 +703,46 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
         }
     }
 
+    /// `peer` cannot be asked any more: its link was lost, or it went
+    /// down. Its requests are given up and it holds nothing any more. The
+    /// replicas that only it was known to hold, and the answer to a digest
+    /// sent to it, are asked of another peer at once: a digest to the peer
+    /// most likely to hold the same (see [`Node::fallback_peer`]), whose
+    /// answer says what it holds, so the next requests go to it. Holders of
+    /// third parties are otherwise learned only from digests and relays,
+    /// which would leave those replicas waiting periods.
+    pub(super) fn holder_lost(&mut self, now: Duration, peer: &ReplicaId) {
+        let mut orphaned = false;
+        for (id, r) in &mut self.remotes {
+            let held_there = r.holders.remove(peer).is_some();
+            if r.request.as_ref().is_some_and(|q| &q.holder == peer) {
+                r.request = None;
+                r.tried.insert(peer.clone());
+            }
+            let live = matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining);
+            // Only the peer itself held its data: nobody else is asked about
+            // it (its relayers, if it lives on, are holders already).
+            if held_there && id != peer && live && r.holders.is_empty() {
+                orphaned = true;
+            }
+        }
+        self.batches.retain(|_, b| &b.holder != peer);
+        self.answers.retain(|(holder, _), _| holder != peer);
+        let unanswered = self.probe.as_ref().is_some_and(|(p, _)| p == peer);
+        if unanswered {
+            // Its answer will not come: nothing waits for it.
+            self.probe = None;
+            self.gather_until = None;
+        }
+        // One digest on its way at a time: its answer covers these too.
+        if !(orphaned || unanswered) || self.probed_lately(now) {
+            return;
+        }
+        if let Some(other) = self.fallback_peer(now, peer) {
+            self.send_probe(now, &other, false);
+        }
+    }
+
     pub(super) fn probed_lately(&self, now: Duration) -> bool {
         self.probe
             .as_ref()

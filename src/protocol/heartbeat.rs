@@ -196,6 +196,42 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
             .or_else(|| self.links.keys().next().cloned())
     }
 
+    /// The peer to ask in place of `lost`: one that was heard from and
+    /// whose link is not lost, first one whose view equals the last view
+    /// `lost` sent (it holds the same data of the same replicas), then one
+    /// holding the most common view, then the one heard from last.
+    pub(super) fn fallback_peer(&self, now: Duration, lost: &ReplicaId) -> Option<ReplicaId> {
+        let fresh = self.config.broadcast_period * 2;
+        let lost_view = self.links.get(lost).and_then(|l| l.view).map(|(v, _)| v);
+        let usable = |peer: &ReplicaId, link: &super::Link| {
+            peer != lost
+                && link.lost_unknown.is_none()
+                && self.remotes.get(peer).is_some_and(|r| {
+                    r.lost_at.is_none()
+                        && matches!(r.status, ReplicaStatus::Up | ReplicaStatus::Joining)
+                })
+        };
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (peer, link) in &self.links {
+            if let Some((v, at)) = link.view
+                && now.saturating_sub(at) < fresh
+                && usable(peer, link)
+            {
+                *counts.entry(v).or_default() += 1;
+            }
+        }
+        self.links
+            .iter()
+            .filter(|(peer, link)| usable(peer, link))
+            .filter_map(|(peer, link)| link.view.map(|(v, at)| (peer, v, at)))
+            .max_by_key(|&(peer, v, at)| {
+                let same = lost_view == Some(v);
+                let common = counts.get(&v).copied().unwrap_or(0);
+                (same, common, at, std::cmp::Reverse(peer))
+            })
+            .map(|(peer, ..)| peer.clone())
+    }
+
     /// The peer to send this period's digest to, if any: after two periods
     /// in which most peers' views differed from this one, the peer whose
     /// view is the most common among them. A replica whose view agrees with most stays

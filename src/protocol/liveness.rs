@@ -314,6 +314,7 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
             r.readmit = false;
             r.clear_transit();
             r.set_status(ReplicaStatus::Purged(PurgeReason::Permdown), now);
+            self.holder_lost(now, id);
             return;
         }
         r.set_status(ReplicaStatus::Down, now);
@@ -322,6 +323,8 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
             Err(_) => self.metrics.rejected += 1,
         }
         self.events.push_back(Event::ReplicaDown(id.clone()));
+        // A replica gone silent is asked for nothing more.
+        self.holder_lost(now, id);
     }
 
     pub(super) fn purge(&mut self, now: Duration, id: &ReplicaId, reason: PurgeReason) {

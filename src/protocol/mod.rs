@@ -524,18 +524,10 @@ impl<M: Meta, S: ReplicaStore<M>> Node<M, S> {
                 }
             }
         }
-        // What `peer` holds cannot be fetched now: ask other holders.
-        for r in self.remotes.values_mut() {
-            r.holders.remove(peer);
-            if r.request.as_ref().is_some_and(|q| &q.holder == peer) {
-                r.request = None;
-                r.tried.insert(peer.clone());
-            }
-        }
-        self.batches.retain(|_, b| &b.holder != peer);
-        self.answers.retain(|(holder, _), _| holder != peer);
         let three = self.config.broadcast_period * 3;
         self.wake_at(now + three);
+        // What `peer` holds cannot be fetched now: ask other holders.
+        self.holder_lost(now, peer);
         self.request_catchups(now);
     }
 

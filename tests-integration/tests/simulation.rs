@@ -485,3 +485,52 @@ fn healing_costs_under_five_percent_of_a_whole_state_transfer() {
         });
     }
 }
+
+/// The rows `host` lists of replicas still running.
+fn listed_of_running(sim: &Sim, host: usize) -> std::collections::BTreeSet<sim::Row> {
+    let running: Vec<ReplicaId> = (0..sim.hosts.len()).filter_map(|h| sim.id(h)).collect();
+    sim::rows(sim.node(host).state())
+        .into_iter()
+        .filter(|row| running.contains(row.2.replica()))
+        .collect()
+}
+
+/// A replica that joins asks the peer it first hears from for its view,
+/// then that peer for everything it lacks. When that holder dies before
+/// answering, the joiner asks another: one period after the lost link is
+/// reported, it lists every presence of the replicas still running, even
+/// those of a replica it cannot hear (cut from it), which only the holders
+/// could tell it about.
+#[test]
+fn a_joiner_whose_holder_dies_before_answering_asks_another_within_a_period() {
+    for_seeds(3000, 100, |seed| {
+        let hosts = 4 + (seed % 2) as usize;
+        let mut sim = settled(seed, hosts, Network::reliable());
+        sim.converged()?;
+        let joiner = sim.hosts.len();
+        sim.fatal_requests_from = Some(joiner);
+        sim.add_host();
+        // Host 1 and the joiner cannot hear each other.
+        sim.cut(joiner, 1);
+        let started = sim.now;
+        while sim.killed_by_request.is_none() {
+            if sim.now > started + sim.periods(10) {
+                return Err("the joiner asked no holder".into());
+            }
+            sim.run_for(Duration::from_millis(5));
+        }
+        let reported = sim.last_report.expect("the crash is reported");
+        sim.run_until(reported + sim.periods(1));
+        let listed = listed_of_running(&sim, joiner);
+        let truth = sim.truth_rows();
+        if listed != truth {
+            return Err(format!(
+                "{:?} after the report, the joiner lists {} of the {} presences of running replicas",
+                sim.now - reported,
+                listed.intersection(&truth).count(),
+                truth.len()
+            ));
+        }
+        sim.diffs_replay()
+    });
+}

@@ -199,6 +199,11 @@ pub struct Sim {
     trace: u64,
     pub topics: Vec<String>,
     pub keys: u64,
+    /// A host whose catch-up requests kill the host they reach, once: the
+    /// holder it asks crashes instead of answering.
+    pub fatal_requests_from: Option<usize>,
+    /// The host [`Sim::fatal_requests_from`] killed.
+    pub killed_by_request: Option<usize>,
 }
 
 /// The incarnation start time of the first hosts; restarts add the
@@ -231,6 +236,8 @@ impl Sim {
             trace: 0xcbf2_9ce4_8422_2325,
             topics: (0..3).map(|t| format!("room:{t}")).collect(),
             keys: 8,
+            fatal_requests_from: None,
+            killed_by_request: None,
         };
         for _ in 0..hosts {
             sim.add_host();
@@ -640,6 +647,15 @@ impl Sim {
         match due {
             Due::Deliver(p) => {
                 if self.blocked.contains(&(p.from, p.to)) {
+                    return;
+                }
+                if p.kind == MessageKind::CatchUpRequest
+                    && self.fatal_requests_from == Some(p.from)
+                    && self.is_up(p.to)
+                {
+                    self.fatal_requests_from = None;
+                    self.killed_by_request = Some(p.to);
+                    self.crash(p.to);
                     return;
                 }
                 let to = &mut self.hosts[p.to];
