@@ -580,7 +580,7 @@ impl Driven {
 /// The period of the holder test: long enough that a few message delays
 /// on a busy machine stay well inside it, and that waiting for relays
 /// (a period or two) does not.
-const HOLDER_PERIOD: Duration = Duration::from_millis(400);
+const HOLDER_PERIOD: Duration = Duration::from_millis(1000);
 
 async fn start_holder(name: &str, url: &str) -> T {
     Tracker::builder(name)
