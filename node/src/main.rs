@@ -52,7 +52,11 @@ use attendance::transport::nats::{NatsAuth, NatsConfig, NatsTls};
 use attendance::transport::tls::TlsConfig;
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker};
 use clap::Parser;
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The guards of the presences tracked from the command line, by topic and key.
+type Guards = HashMap<(String, String), Vec<PresenceGuard<Value>>>;
 
 /// Runs one replica of an attendance cluster and prints what it sees.
 #[derive(Parser, Debug)]
@@ -234,7 +238,7 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         builder = builder.nats(nats(&args)?);
     }
-    let tracker: Tracker<String> = builder.start().await.map_err(|e| e.to_string())?;
+    let tracker: Tracker<Value> = builder.start().await.map_err(|e| e.to_string())?;
     let addr = tracker
         .local_addr()
         .map_or_else(|| "nats".to_string(), |a| a.to_string());
@@ -249,14 +253,14 @@ async fn run(args: Args) -> Result<(), String> {
             }
         });
     }
-    let mut guards: HashMap<(String, String), Vec<PresenceGuard<String>>> = HashMap::new();
+    let mut guards: Guards = HashMap::new();
     for spec in &args.tracks {
         let mut parts = spec.splitn(3, '/');
         let (Some(t), Some(k), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(format!("--track {spec}: expected topic/key/meta"));
         };
         let guard = tracker
-            .track(t, k, m.to_string())
+            .track(t, k, Value::from(m))
             .map_err(|e| e.to_string())?;
         guards.entry((t.into(), k.into())).or_default().push(guard);
     }
@@ -280,14 +284,10 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// Runs one command line; false to stop.
-fn command(
-    tracker: &Tracker<String>,
-    guards: &mut HashMap<(String, String), Vec<PresenceGuard<String>>>,
-    line: &str,
-) -> bool {
+fn command(tracker: &Tracker<Value>, guards: &mut Guards, line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        ["track", topic, key, meta] => match tracker.track(topic, key, meta.to_string()) {
+        ["track", topic, key, meta] => match tracker.track(topic, key, Value::from(*meta)) {
             Ok(g) => guards
                 .entry((topic.to_string(), key.to_string()))
                 .or_default()
@@ -303,7 +303,7 @@ fn command(
                 .into_iter()
                 .flatten()
             {
-                if let Err(e) = g.update(meta.to_string()) {
+                if let Err(e) = g.update(Value::from(*meta)) {
                     println!("error {e}");
                 }
             }
@@ -312,7 +312,7 @@ fn command(
             let mut rows = Vec::new();
             for group in tracker.list(topic) {
                 for p in group.presences {
-                    rows.push(format!("{}={}", group.key, p.meta()));
+                    rows.push(format!("{}={}", group.key, show(p.meta())));
                 }
             }
             println!("list {topic} {}", rows.join(","));
@@ -321,7 +321,7 @@ fn command(
         ["bulk", topic, n, meta] => {
             let n: usize = n.parse().unwrap_or(0);
             for i in 0..n {
-                match tracker.track(topic, &format!("user:{i}"), meta.to_string()) {
+                match tracker.track(topic, &format!("user:{i}"), Value::from(*meta)) {
                     Ok(g) => guards
                         .entry((topic.to_string(), format!("user:{i}")))
                         .or_default()
@@ -350,17 +350,25 @@ fn command(
     true
 }
 
-fn print_event(topic: &str, event: &SubscriptionEvent<String>) {
+/// A meta as printed: a JSON string as its text, anything else as JSON.
+fn show(meta: &Value) -> std::borrow::Cow<'_, str> {
+    match meta {
+        Value::String(s) => s.as_str().into(),
+        other => other.to_string().into(),
+    }
+}
+
+fn print_event(topic: &str, event: &SubscriptionEvent<Value>) {
     match event {
         SubscriptionEvent::Diff(d) => {
             for p in d.joins() {
-                println!("join {topic} {} {} {}", p.key(), p.meta(), p.id());
+                println!("join {topic} {} {} {}", p.key(), show(p.meta()), p.id());
             }
             for p in d.leaves() {
-                println!("leave {topic} {} {} {}", p.key(), p.meta(), p.id());
+                println!("leave {topic} {} {} {}", p.key(), show(p.meta()), p.id());
             }
             for u in d.updates() {
-                println!("update {topic} {} {} {}", u.key(), u.meta(), u.id());
+                println!("update {topic} {} {} {}", u.key(), show(u.meta()), u.id());
             }
         }
         SubscriptionEvent::Resync(list) => {
