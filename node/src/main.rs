@@ -18,6 +18,12 @@
 //!
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
 //!
+//! With `--phoenix ADDR` it also serves browsers: the Phoenix Channels
+//! endpoint the unmodified phoenix.js connects to
+//! (`ws://ADDR/socket/websocket`, JSON metas), and a demo page,
+//! `http://ADDR/doc/<id>?user=<name>`, listing who views document `<id>`
+//! on any replica of the cluster.
+//!
 //! With `--nats URL` (repeat it for the nodes of a NATS cluster) the
 //! replica meets its peers on a NATS broker instead of the mesh, and needs
 //! no `--listen` or `--peer`:
@@ -124,9 +130,16 @@ struct Args {
     /// A topic to print the changes of; repeat for several.
     #[arg(long = "topic")]
     topics: Vec<String>,
-    /// A presence to track at start, as `topic/key/meta`; repeat for several.
+    /// A presence to track at start, as `topic/key/meta` (the meta is a
+    /// JSON string); repeat for several.
     #[arg(long = "track")]
     tracks: Vec<String>,
+    /// Serves Phoenix Channels for phoenix.js at
+    /// `ws://ADDR/socket/websocket`, and a demo page at
+    /// `http://ADDR/doc/<id>?user=<name>` listing who views document `id`
+    /// (topic `doc:<id>`) across the cluster.
+    #[arg(long, value_name = "ADDR")]
+    phoenix: Option<SocketAddr>,
     /// The certificate authority of the cluster (PEM), for TLS.
     #[arg(long, requires_all = ["tls_cert", "tls_key"], conflicts_with = "nats")]
     tls_ca: Option<PathBuf>,
@@ -243,6 +256,10 @@ async fn run(args: Args) -> Result<(), String> {
         .local_addr()
         .map_or_else(|| "nats".to_string(), |a| a.to_string());
     println!("ready {} {addr}", tracker.id());
+    if let Some(addr) = args.phoenix {
+        let http = serve_phoenix(&tracker, addr).await?;
+        println!("phoenix http://{http}/doc/1?user=alice ws://{http}/socket/websocket");
+    }
 
     for topic in &args.topics {
         let mut sub = tracker.subscribe(topic);
@@ -281,6 +298,26 @@ async fn run(args: Args) -> Result<(), String> {
     tracker.shutdown().await;
     println!("bye");
     Ok(())
+}
+
+/// Serves [`attendance_node::demo_router`] on `addr`; the bound address.
+async fn serve_phoenix(tracker: &Tracker<Value>, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let router = attendance_node::demo_router(tracker.clone()).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--phoenix {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            eprintln!("attendance-node: --phoenix {bound}: {e}");
+        }
+    });
+    Ok(bound)
 }
 
 /// Runs one command line; false to stop.
