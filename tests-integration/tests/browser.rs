@@ -331,7 +331,8 @@ async fn changes_racing_a_join_show_exactly_once() {
 
 /// A picture of two browsers on two replicas, side by side (the README's
 /// `docs/phoenix-demo.png`), written to the path in `ATTENDANCE_SCREENSHOT`
-/// when that is set; without it this test only checks the two pages agree.
+/// (relative to the workspace root) when that is set; without it this test
+/// only checks that the two pages agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_on_two_replicas_side_by_side() {
     let _serial = SERIAL.lock().await;
@@ -346,6 +347,10 @@ async fn two_pages_on_two_replicas_side_by_side() {
         until_lists(browser, who, &[("alice", 2), ("bob", 1)]).await;
     }
     if let Some(path) = std::env::var_os("ATTENDANCE_SCREENSHOT") {
+        // Relative to the workspace root, not to this package.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path);
         let picture = picture::side_by_side(&alice.screenshot().await, &bob.screenshot().await);
         std::fs::write(&path, picture).expect("writes the picture");
     }
