@@ -156,9 +156,12 @@ mod tests {
 
     #[test]
     fn enrichment_sits_beside_metas_and_is_asked_once() {
-        let calls = std::sync::atomic::AtomicUsize::new(0);
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
         let enrich = move |_: &str, keys: &[&str]| {
-            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counted.fetch_add(1, Ordering::Relaxed);
             assert_eq!(keys, ["a", "b"]);
             HashMap::from([(
                 "a".to_string(),
@@ -180,5 +183,6 @@ mod tests {
                 "leaves": {"a": {"metas": [meta], "name": "Alice"}},
             }])
         );
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 }

@@ -11,18 +11,11 @@ use attendance_phoenix::{Endpoint, Limits, Object, UserParams};
 use common::*;
 use serde_json::{Value, json};
 
-fn endpoint(tracker: &T) -> Endpoint<Value> {
-    Endpoint::builder(tracker.clone())
-        .policy(UserParams)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn join_gets_its_reply_then_the_whole_topic_with_itself() {
     let (_net, a, _b) = pair();
     let _carol = a.track("doc:1", "carol", json!({"device": "cli"})).unwrap();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (_, state) = client
         .join("doc:1", json!({"user": "alice", "device": "web"}))
@@ -42,7 +35,7 @@ async fn join_gets_its_reply_then_the_whole_topic_with_itself() {
 #[tokio::test]
 async fn heartbeat_is_answered_with_its_ref() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client
         .send(json!([null, "7", "phoenix", "heartbeat", {}]))
@@ -56,7 +49,7 @@ async fn heartbeat_is_answered_with_its_ref() {
 #[tokio::test]
 async fn a_track_on_the_other_replica_arrives_as_a_diff_with_the_same_ref() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client.join("doc:1", json!({"user": "alice"})).await;
     let _bob = b.track("doc:1", "bob", json!({"device": "phone"})).unwrap();
@@ -74,7 +67,7 @@ async fn a_track_on_the_other_replica_arrives_as_a_diff_with_the_same_ref() {
 #[tokio::test]
 async fn an_update_is_one_diff_joining_the_new_meta_and_leaving_the_old() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (join_ref, state) = client.join("doc:1", json!({"user": "alice", "s": 1})).await;
     let old = refs(&state, "alice");
@@ -113,7 +106,7 @@ async fn an_update_is_one_diff_joining_the_new_meta_and_leaving_the_old() {
 #[tokio::test]
 async fn leave_untracks_replies_then_closes_with_the_join_ref() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (join_ref, _) = client.join("doc:1", json!({"user": "alice"})).await;
     eventually("b sees alice", || b.count("doc:1") == 1).await;
@@ -135,7 +128,7 @@ async fn leave_untracks_replies_then_closes_with_the_join_ref() {
 #[tokio::test]
 async fn closing_the_socket_untracks_on_the_other_replica() {
     let (_net, a, b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client.join("doc:1", json!({"user": "alice"})).await;
     client.join("doc:2", json!({"user": "alice"})).await;
@@ -153,7 +146,10 @@ async fn closing_the_socket_untracks_on_the_other_replica() {
 #[tokio::test]
 async fn both_replicas_show_the_same_refs_for_the_same_presences() {
     let (_net, a, b) = pair();
-    let (addr_a, addr_b) = (serve(&endpoint(&a)).await, serve(&endpoint(&b)).await);
+    let (addr_a, addr_b) = (
+        serve_users(&a, Limits::default()).await,
+        serve_users(&b, Limits::default()).await,
+    );
     let mut alice = Client::connect(addr_a).await;
     let mut bob = Client::connect(addr_b).await;
     alice.join("doc:1", json!({"user": "alice"})).await;
@@ -162,25 +158,27 @@ async fn both_replicas_show_the_same_refs_for_the_same_presences() {
         a.count("doc:1") == 2 && b.count("doc:1") == 2
     })
     .await;
-    // A fresh client on each replica.
-    let (_, on_a) = Client::connect(addr_a)
-        .await
-        .join("doc:1", json!({"user": "watcher-a"}))
-        .await;
-    let (_, on_b) = Client::connect(addr_b)
-        .await
-        .join("doc:1", json!({"user": "watcher-b"}))
-        .await;
+    // A fresh client on each replica, following its state until it lists
+    // both (the replica's hub may not have replayed the last diff yet).
+    let both = |state: &Value| state.get("alice").is_some() && state.get("bob").is_some();
+    let mut views = Vec::new();
+    for (addr, user) in [(addr_a, "watcher-a"), (addr_b, "watcher-b")] {
+        let mut watcher = Client::connect(addr).await;
+        let (_, mut state) = watcher.join("doc:1", json!({"user": user})).await;
+        watcher.follow(&mut state, both).await;
+        views.push(state);
+    }
     for key in ["alice", "bob"] {
-        assert_eq!(refs(&on_a, key).len(), 1);
-        assert_eq!(refs(&on_a, key), refs(&on_b, key), "{key}");
+        assert_eq!(refs(&views[0], key).len(), 1);
+        assert_eq!(refs(&views[0], key), refs(&views[1], key), "{key}");
+        assert_eq!(refs(&views[0], key), tracker_refs(&a, "doc:1", key));
     }
 }
 
 #[tokio::test]
 async fn a_second_join_closes_the_first_and_sends_a_fresh_state() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     let (first, _) = client.join("doc:1", json!({"user": "alice"})).await;
     client
@@ -204,7 +202,7 @@ async fn a_second_join_closes_the_first_and_sends_a_fresh_state() {
 #[tokio::test]
 async fn a_join_without_a_user_is_refused_with_a_reason() {
     let (_net, a, _b) = pair();
-    let addr = serve(&endpoint(&a)).await;
+    let addr = serve_users(&a, Limits::default()).await;
     let mut client = Client::connect(addr).await;
     client
         .send(json!(["1", "1", "doc:1", "phx_join", {"device": "web"}]))
@@ -267,4 +265,74 @@ async fn a_change_between_the_list_and_the_state_arrives_exactly_once() {
         .send(json!([null, "99", "phoenix", "heartbeat", {}]))
         .await;
     assert_eq!(client.recv().await[1], "99");
+}
+
+#[tokio::test]
+async fn an_idle_socket_is_closed_and_untracked() {
+    let (_net, a, b) = pair();
+    let limits = Limits::default().idle_timeout(std::time::Duration::from_millis(300));
+    let addr = serve_users(&a, limits).await;
+    let mut client = Client::connect(addr).await;
+    client.join("doc:1", json!({"user": "alice"})).await;
+    eventually("b sees alice", || b.count("doc:1") == 1).await;
+    assert_eq!(client.closed().await, Some(1000));
+    assert_eq!(a.count("doc:1"), 0);
+    eventually("b sees alice leave", || b.count("doc:1") == 0).await;
+}
+
+#[tokio::test]
+async fn enrichment_is_asked_once_per_diff_whatever_the_number_of_sockets() {
+    let (_net, a, b) = pair();
+    let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let enrich = {
+        let calls = calls.clone();
+        move |_: &str, keys: &[&str]| -> HashMap<String, Object> {
+            calls
+                .lock()
+                .unwrap()
+                .push(keys.iter().map(|k| k.to_string()).collect());
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        Object::from_iter([("name".into(), json!(k.to_uppercase()))]),
+                    )
+                })
+                .collect()
+        }
+    };
+    let endpoint = Endpoint::builder(a.clone())
+        .policy(UserParams)
+        .enrich(enrich)
+        .build()
+        .unwrap();
+    let addr = serve(&endpoint).await;
+    let mut sockets = Vec::new();
+    for user in ["alice", "carol", "erin"] {
+        let mut client = Client::connect(addr).await;
+        let (_, state) = client.join("doc:1", json!({"user": user})).await;
+        for (key, entry) in state.as_object().unwrap() {
+            assert_eq!(entry["name"], json!(key.to_uppercase()));
+        }
+        sockets.push(client);
+    }
+    let _bob = b.track("doc:1", "bob", json!({})).unwrap();
+    for client in &mut sockets {
+        loop {
+            let diff = client.recv_event("presence_diff").await;
+            if let Some(bob) = diff[4]["joins"].get("bob") {
+                assert_eq!(bob["name"], "BOB");
+                break;
+            }
+        }
+    }
+    // Three sockets, one diff: one call.
+    let calls = calls.lock().unwrap();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|keys| keys.contains(&"bob".to_string()))
+            .count(),
+        1
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use attendance::Tracker;
 use attendance::protocol::Config;
 use attendance::transport::MemoryNetwork;
-use attendance_phoenix::Endpoint;
+use attendance_phoenix::{Endpoint, Limits, Policy, UserParams};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -46,6 +46,21 @@ pub async fn serve(endpoint: &Endpoint<Value>) -> SocketAddr {
         .into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// Serves `tracker` with `policy` and `limits`.
+pub async fn serve_with(tracker: &T, policy: impl Policy<Value>, limits: Limits) -> SocketAddr {
+    let endpoint = Endpoint::builder(tracker.clone())
+        .policy(policy)
+        .limits(limits)
+        .build()
+        .unwrap();
+    serve(&endpoint).await
+}
+
+/// Serves `tracker` with [`UserParams`] and `limits`.
+pub async fn serve_users(tracker: &T, limits: Limits) -> SocketAddr {
+    serve_with(tracker, UserParams, limits).await
 }
 
 /// Polls `check` until it holds or the deadline passes.
@@ -89,6 +104,10 @@ impl Client {
 
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(Message::binary(bytes)).await.unwrap();
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -136,13 +155,14 @@ impl Client {
         }
     }
 
-    /// Joins `topic` with `params`; returns the join ref. Reads the reply
-    /// and checks it is ok.
+    /// Joins `topic` with `params`; returns the join ref and the state.
+    /// Checks the reply is ok and comes right before the state (diffs of
+    /// topics joined before may come first).
     pub async fn join(&mut self, topic: &str, params: Value) -> (String, Value) {
         let join_ref = self.fresh_ref();
         self.send(json!([join_ref, join_ref, topic, "phx_join", params]))
             .await;
-        let reply = self.recv().await;
+        let reply = self.recv_event("phx_reply").await;
         assert_eq!(
             reply,
             json!([join_ref, join_ref, topic, "phx_reply", {"status": "ok", "response": {}}])
@@ -153,6 +173,15 @@ impl Client {
         assert_eq!(state[2], json!(topic));
         assert_eq!(state[3], "presence_state");
         (join_ref, state[4].clone())
+    }
+
+    /// Applies diffs to `state`, as phoenix.js does (by `phx_ref`), until
+    /// `done` holds.
+    pub async fn follow(&mut self, state: &mut Value, done: impl Fn(&Value) -> bool) {
+        while !done(state) {
+            let diff = self.recv_event("presence_diff").await;
+            apply_diff(state, &diff[4]);
+        }
     }
 
     pub async fn close(mut self) {
@@ -180,4 +209,34 @@ pub fn tracker_refs(tracker: &T, topic: &str, key: &str) -> Vec<String> {
         .iter()
         .map(|p| p.version_ref().to_string())
         .collect()
+}
+
+/// phoenix.js's `syncDiff`, reduced to the list: joins add metas by
+/// `phx_ref`, leaves remove them, empty keys go.
+pub fn apply_diff(state: &mut Value, diff: &Value) {
+    let state = state.as_object_mut().unwrap();
+    for (key, entry) in diff["joins"].as_object().unwrap() {
+        let metas = state
+            .entry(key.clone())
+            .or_insert_with(|| json!({"metas": []}))["metas"]
+            .as_array_mut()
+            .unwrap();
+        for meta in entry["metas"].as_array().unwrap() {
+            if !metas.iter().any(|m| m["phx_ref"] == meta["phx_ref"]) {
+                metas.push(meta.clone());
+            }
+        }
+    }
+    for (key, entry) in diff["leaves"].as_object().unwrap() {
+        let Some(held) = state.get_mut(key) else {
+            continue;
+        };
+        let metas = held["metas"].as_array_mut().unwrap();
+        for meta in entry["metas"].as_array().unwrap() {
+            metas.retain(|m| m["phx_ref"] != meta["phx_ref"]);
+        }
+        if metas.is_empty() {
+            state.remove(key);
+        }
+    }
 }
