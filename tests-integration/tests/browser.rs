@@ -244,8 +244,9 @@ async fn a_client_moving_to_another_replica_sees_no_one_else_leave_or_join() {
     ] {
         until_lists(browser, who, &everyone).await;
     }
-    assert_eq!(carol.eval("stopCheck(); return ownKeyMissing").await, 0);
+    let missing = carol.eval("stopCheck(); return ownKeyMissing").await;
     let events = events_since(&carol, before).await;
+    assert_eq!(missing, 0, "carol's own key vanished; events: {events:?}");
     assert!(
         events.iter().all(|e| e.ends_with(" carol")),
         "carol's page saw others leave or join: {events:?}"
