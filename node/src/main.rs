@@ -19,6 +19,12 @@
 //! `quit`, end of input, or Ctrl-C leaves the cluster gracefully.
 //! `--metrics ADDR` serves the replica's metrics to Prometheus over HTTP.
 //!
+//! With `--phoenix ADDR` it also serves browsers: the Phoenix Channels
+//! endpoint the unmodified phoenix.js connects to
+//! (`ws://ADDR/socket/websocket`, JSON metas), and a demo page,
+//! `http://ADDR/doc/<id>?user=<name>`, listing who views document `<id>`
+//! on any replica of the cluster.
+//!
 //! With `--nats URL` (repeat it for the nodes of a NATS cluster) the
 //! replica meets its peers on a NATS broker instead of the mesh, and needs
 //! no `--listen` or `--peer`:
@@ -54,6 +60,7 @@ use attendance::transport::nats::{NatsAuth, NatsConfig, NatsTls};
 use attendance::transport::tls::TlsConfig;
 use attendance::{PresenceGuard, SubscriptionEvent, Tracker, wire};
 use clap::Parser;
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// What `--help` shows after the options.
@@ -83,6 +90,8 @@ fn version() -> &'static str {
     });
     &TEXT
 }
+/// The guards of the presences tracked from the command line, by topic and key.
+type Guards = HashMap<(String, String), Vec<PresenceGuard<Value>>>;
 
 /// Runs one replica of an attendance cluster and prints what it sees.
 #[derive(Parser, Debug)]
@@ -150,9 +159,16 @@ struct Args {
     /// A topic to print the changes of; repeat for several.
     #[arg(long = "topic")]
     topics: Vec<String>,
-    /// A presence to track at start, as `topic/key/meta`; repeat for several.
+    /// A presence to track at start, as `topic/key/meta` (the meta is a
+    /// JSON string); repeat for several.
     #[arg(long = "track")]
     tracks: Vec<String>,
+    /// Serves Phoenix Channels for phoenix.js at
+    /// `ws://ADDR/socket/websocket`, and a demo page at
+    /// `http://ADDR/doc/<id>?user=<name>` listing who views document `id`
+    /// (topic `doc:<id>`) across the cluster.
+    #[arg(long, value_name = "ADDR")]
+    phoenix: Option<SocketAddr>,
     /// The certificate authority of the cluster (PEM), for TLS.
     #[arg(long, requires_all = ["tls_cert", "tls_key"], conflicts_with = "nats")]
     tls_ca: Option<PathBuf>,
@@ -274,11 +290,15 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         builder = builder.nats(nats(&args)?);
     }
-    let tracker: Tracker<String> = builder.start().await.map_err(|e| e.to_string())?;
+    let tracker: Tracker<Value> = builder.start().await.map_err(|e| e.to_string())?;
     let addr = tracker
         .local_addr()
         .map_or_else(|| "nats".to_string(), |a| a.to_string());
     println!("ready {} {addr}", tracker.id());
+    if let Some(addr) = args.phoenix {
+        let http = serve_phoenix(&tracker, addr).await?;
+        println!("phoenix http://{http}/doc/1?user=alice ws://{http}/socket/websocket");
+    }
 
     for topic in &args.topics {
         let mut sub = tracker.subscribe(topic);
@@ -289,14 +309,14 @@ async fn run(args: Args) -> Result<(), String> {
             }
         });
     }
-    let mut guards: HashMap<(String, String), Vec<PresenceGuard<String>>> = HashMap::new();
+    let mut guards: Guards = HashMap::new();
     for spec in &args.tracks {
         let mut parts = spec.splitn(3, '/');
         let (Some(t), Some(k), Some(m)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(format!("--track {spec}: expected topic/key/meta"));
         };
         let guard = tracker
-            .track(t, k, m.to_string())
+            .track(t, k, Value::from(m))
             .map_err(|e| e.to_string())?;
         guards.entry((t.into(), k.into())).or_default().push(guard);
     }
@@ -319,15 +339,31 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Serves [`attendance_node::demo_router`] on `addr`; the bound address.
+async fn serve_phoenix(tracker: &Tracker<Value>, addr: SocketAddr) -> Result<SocketAddr, String> {
+    let router = attendance_node::demo_router(tracker.clone()).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--phoenix {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            eprintln!("attendance-node: --phoenix {bound}: {e}");
+        }
+    });
+    Ok(bound)
+}
+
 /// Runs one command line; false to stop.
-fn command(
-    tracker: &Tracker<String>,
-    guards: &mut HashMap<(String, String), Vec<PresenceGuard<String>>>,
-    line: &str,
-) -> bool {
+fn command(tracker: &Tracker<Value>, guards: &mut Guards, line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        ["track", topic, key, meta] => match tracker.track(topic, key, meta.to_string()) {
+        ["track", topic, key, meta] => match tracker.track(topic, key, Value::from(*meta)) {
             Ok(g) => guards
                 .entry((topic.to_string(), key.to_string()))
                 .or_default()
@@ -343,7 +379,7 @@ fn command(
                 .into_iter()
                 .flatten()
             {
-                if let Err(e) = g.update(meta.to_string()) {
+                if let Err(e) = g.update(Value::from(*meta)) {
                     println!("error {e}");
                 }
             }
@@ -352,7 +388,7 @@ fn command(
             let mut rows = Vec::new();
             for group in tracker.list(topic) {
                 for p in group.presences {
-                    rows.push(format!("{}={}", group.key, p.meta()));
+                    rows.push(format!("{}={}", group.key, show(p.meta())));
                 }
             }
             println!("list {topic} {}", rows.join(","));
@@ -361,7 +397,7 @@ fn command(
         ["bulk", topic, n, meta] => {
             let n: usize = n.parse().unwrap_or(0);
             for i in 0..n {
-                match tracker.track(topic, &format!("user:{i}"), meta.to_string()) {
+                match tracker.track(topic, &format!("user:{i}"), Value::from(*meta)) {
                     Ok(g) => guards
                         .entry((topic.to_string(), format!("user:{i}")))
                         .or_default()
@@ -390,17 +426,25 @@ fn command(
     true
 }
 
-fn print_event(topic: &str, event: &SubscriptionEvent<String>) {
+/// A meta as printed: a JSON string as its text, anything else as JSON.
+fn show(meta: &Value) -> std::borrow::Cow<'_, str> {
+    match meta {
+        Value::String(s) => s.as_str().into(),
+        other => other.to_string().into(),
+    }
+}
+
+fn print_event(topic: &str, event: &SubscriptionEvent<Value>) {
     match event {
         SubscriptionEvent::Diff(d) => {
             for p in d.joins() {
-                println!("join {topic} {} {} {}", p.key(), p.meta(), p.id());
+                println!("join {topic} {} {} {}", p.key(), show(p.meta()), p.id());
             }
             for p in d.leaves() {
-                println!("leave {topic} {} {} {}", p.key(), p.meta(), p.id());
+                println!("leave {topic} {} {} {}", p.key(), show(p.meta()), p.id());
             }
             for u in d.updates() {
-                println!("update {topic} {} {} {}", u.key(), u.meta(), u.id());
+                println!("update {topic} {} {} {}", u.key(), show(u.meta()), u.id());
             }
         }
         SubscriptionEvent::Resync(list) => {

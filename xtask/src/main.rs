@@ -1,7 +1,8 @@
 //! Project tasks, run as `cargo xtask <task>`.
 //!
 //! `cargo xtask test [ARGS]` makes sure the programs the tests start are
-//! installed (Debian's `nats-server`), installing them with `apt-get` when
+//! installed (Debian's `nats-server`, and `chromium` with its
+//! `chromedriver` for the browser tests), installing them with `apt-get` when
 //! missing, then runs `cargo test --workspace --release [ARGS]`. The tests
 //! themselves never install anything: a test that finds a program missing
 //! fails with a message naming this command.
@@ -22,11 +23,23 @@ struct Needed {
     package: &'static str,
 }
 
-const NEEDED: &[Needed] = &[Needed {
-    program: "nats-server",
-    installed_at: "/usr/sbin/nats-server",
-    package: "nats-server",
-}];
+const NEEDED: &[Needed] = &[
+    Needed {
+        program: "nats-server",
+        installed_at: "/usr/sbin/nats-server",
+        package: "nats-server",
+    },
+    Needed {
+        program: "chromium",
+        installed_at: "/usr/bin/chromium",
+        package: "chromium",
+    },
+    Needed {
+        program: "chromedriver",
+        installed_at: "/usr/bin/chromedriver",
+        package: "chromium-driver",
+    },
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
