@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
 
 use attendance::{
     Key, KeyGroup, Meta, PresenceId, Subscription, SubscriptionEvent, TopicDiff, Tracker,
@@ -51,6 +52,8 @@ struct Hub {
     topic: Arc<str>,
     state: Mutex<HubState>,
     task: OnceLock<AbortHandle>,
+    /// Woken whenever the list changes.
+    changed: Notify,
 }
 
 #[derive(Debug)]
@@ -175,6 +178,7 @@ impl<M: Meta + Send + Sync + 'static> Hubs<M> {
                 members: HashMap::new(),
             }),
             task: OnceLock::new(),
+            changed: Notify::new(),
         });
         let task = tokio::spawn(run(
             hub.clone(),
@@ -196,6 +200,39 @@ impl<M: Meta> Membership<M> {
     /// Whether the socket fell behind and needs a fresh list.
     pub(crate) fn lagged(&self) -> bool {
         self.member.lagged.load(Ordering::Acquire)
+    }
+
+    /// The topic's list once it shows the presence `id` under `key` (a
+    /// join's own, tracked just before: the hub reads it from the tracker
+    /// a moment later), and the number of the last diff it holds; the
+    /// list as it is after `patience` in any case.
+    pub(crate) async fn list_with(
+        &self,
+        key: &str,
+        id: &PresenceId,
+        patience: Duration,
+    ) -> (List, u64) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            // Registered before looking, so no change is missed between.
+            let changed = self.hub.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = lock(&self.hub.state);
+                let shows = state
+                    .list
+                    .get(key)
+                    .is_some_and(|metas| metas.iter().any(|(i, _)| i == id));
+                if shows {
+                    return (state.list.clone(), state.seq);
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let state = lock(&self.hub.state);
+                return (state.list.clone(), state.seq);
+            }
+        }
     }
 
     /// The topic's list now and the number of the last diff it holds;
@@ -256,7 +293,10 @@ async fn run<M: Meta>(
 ) {
     while let Some(event) = subscription.next().await {
         match event {
-            SubscriptionEvent::Diff(diff) => broadcast(&hub, &diff, &*enrich, &counters),
+            SubscriptionEvent::Diff(diff) => {
+                broadcast(&hub, &diff, &*enrich, &counters);
+                hub.changed.notify_waiters();
+            }
             SubscriptionEvent::Resync(groups) => {
                 // The hub missed diffs, so every member's view may be off:
                 // each takes the fresh list.
@@ -267,6 +307,8 @@ async fn run<M: Meta>(
                     member.lagged.store(true, Ordering::Release);
                     member.wake.notify_one();
                 }
+                drop(state);
+                hub.changed.notify_waiters();
             }
             _ => {}
         }

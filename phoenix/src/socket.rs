@@ -12,7 +12,7 @@ use attendance::{Meta, PresenceGuard};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Duration, Instant, timeout};
 
 use crate::endpoint::Shared;
 use crate::frame::{self, Inbound};
@@ -37,6 +37,10 @@ struct Channel<M: Meta> {
     /// Diffs up to this number are in the list the socket was sent.
     sent_through: u64,
 }
+
+/// How long a join's state waits for the endpoint to see the joiner's
+/// own presence (a moment, unless the tracker has stopped).
+const OWN_JOIN_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Why the loop stops.
 enum Stop {
@@ -231,11 +235,20 @@ where
             }
             _ => None,
         };
+        let hubs = self.shared.hubs.clone();
+        let (membership, mut list, mut seq) =
+            hubs.join(&f.topic, self.queue.clone(), self.wake.clone());
+        // Like Phoenix, the state lists the joiner itself: a client that
+        // moved from another replica would otherwise see its own key
+        // leave and come back.
+        if let Some(tracked) = &tracked {
+            (list, seq) = membership
+                .list_with(&tracked.key, &tracked.guard.id(), OWN_JOIN_PATIENCE)
+                .await;
+        }
+        let state = render::state_frame(&list, &f.topic, &join_ref, hubs.enrich());
         let reply = frame::reply_ok(Some(&join_ref), f.reference.as_deref(), &f.topic);
         self.send_text(reply).await?;
-        let hubs = self.shared.hubs.clone();
-        let (membership, list, seq) = hubs.join(&f.topic, self.queue.clone(), self.wake.clone());
-        let state = render::state_frame(&list, &f.topic, &join_ref, hubs.enrich());
         self.channels.insert(
             f.topic.clone(),
             Channel {

@@ -423,3 +423,23 @@ async fn a_watch_only_join_gets_the_state_and_diffs_without_being_listed() {
     assert_eq!(reply[4]["status"], "error");
     assert_eq!(a.count("doc:1"), 2);
 }
+
+#[tokio::test]
+async fn every_joiners_state_lists_the_joiner_even_when_the_topic_is_busy() {
+    let (_net, a, _b) = pair();
+    let addr = serve_users(&a, Limits::default()).await;
+    // The topic's shared subscription exists before the joins below.
+    let mut first = Client::connect(addr).await;
+    first.join("doc:1", json!({"user": "first"})).await;
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        let mut client = Client::connect(addr).await;
+        let user = format!("user:{i}");
+        let (_, state) = client.join("doc:1", json!({ "user": user })).await;
+        assert!(
+            state.get(&user).is_some(),
+            "{user} is in its own state: {state}"
+        );
+        clients.push(client);
+    }
+}
