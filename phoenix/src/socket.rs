@@ -1,15 +1,19 @@
 //! One websocket: its frames in, its replies, states and diffs out.
 //!
-//! One task reads and writes, so a join's reply, its `presence_state` and
-//! the diffs after it leave in that order; broadcast diffs wait in a
-//! bounded queue the hub fills, and a socket that lets it overflow gets a
-//! fresh `presence_state` instead of the diffs it missed.
+//! One task writes everything and handles what comes in, so a join's
+//! reply, its `presence_state` and the diffs after it leave in that order;
+//! broadcast diffs wait in a bounded queue the hub fills, and a socket that
+//! lets it overflow gets a fresh `presence_state` instead of the diffs it
+//! missed. A second task only reads frames and hands them over: the writer,
+//! woken once per diff, then does not try a read each time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use attendance::{Meta, PresenceGuard};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Duration, Instant, timeout};
@@ -51,7 +55,7 @@ enum Stop {
 }
 
 struct Socket<M: Meta> {
-    ws: WebSocket,
+    ws: SplitSink<WebSocket, Message>,
     shared: Arc<Shared<M>>,
     connection: Connection,
     channels: HashMap<String, Channel<M>>,
@@ -68,8 +72,21 @@ where
     M: Meta + Send + Sync + 'static,
 {
     let (queue, mut outbound) = mpsc::channel(shared.limits.outbound_queue);
+    let (sink, mut stream) = ws.split();
+    // One frame at a time: the reader waits while one is being handled.
+    let (frames, mut inbound) = mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = stream.next().await;
+            let last = !matches!(next, Some(Ok(_)));
+            if frames.send(next).await.is_err() || last {
+                break;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader.abort_handle());
     let mut socket = Socket {
-        ws,
+        ws: sink,
         shared,
         connection,
         channels: HashMap::new(),
@@ -87,9 +104,10 @@ where
     let mut lagged = std::pin::pin!(wake.notified());
     let stop = loop {
         let step = tokio::select! {
-            inbound = socket.ws.recv() => {
+            frame = inbound.recv() => {
                 idle.as_mut().reset(Instant::now() + idle_timeout);
-                socket.inbound(inbound).await
+                // `None`: the reader ended, after handing over the end.
+                socket.inbound(frame.flatten()).await
             }
             Some(out) = outbound.recv() => socket.outbound(out).await,
             () = &mut lagged => {
@@ -110,6 +128,15 @@ where
         let _ = socket.send(Message::Close(Some(close))).await;
     }
     // Dropping the channels untracks their presences.
+}
+
+/// Stops the reader when the socket's task ends, however it ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<M> Socket<M>
