@@ -210,6 +210,10 @@ impl NatsTransport {
         let shared = Arc::new(Shared::new(replica, config, key));
         let client = broker::connect(&shared).await?;
         let subs = broker::subscribe(&shared, &client).await?;
+        // The server must hold these subscriptions before the start-up
+        // check's probes come (a flush is answered once it has read them),
+        // or a probe sent to them on another connection may be missed.
+        let _ = tokio::time::timeout(shared.config.connect_timeout, client.flush()).await;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE_LEN);
         let (probe_tx, probed) = watch::channel([false; 3]);
         let mut nonce = [0u8; 16];
