@@ -137,7 +137,7 @@ impl<M: Meta> Events<M> {
             let pos = feed.join();
             (feed, pos)
         });
-        pending.push_back(TrackerEvent::Replicas(replica_statuses(&shared)));
+        pending.push_back(TrackerEvent::Replicas(shared.replicas()));
         let count = shared.shards.len();
         let mut shards = Vec::with_capacity(count);
         for (i, shard) in shared.shards.iter().enumerate() {
@@ -158,15 +158,6 @@ impl<M: Meta> Events<M> {
     pub async fn next(&mut self) -> Option<TrackerEvent<M>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
-}
-
-fn replica_statuses<M: Meta>(shared: &Shared<M>) -> Vec<(ReplicaId, ReplicaStatus)> {
-    let driven = shared.lock();
-    driven
-        .node
-        .replicas()
-        .map(|(id, s)| (id.clone(), s))
-        .collect()
 }
 
 fn lists_of<M: Meta>(shard: usize, shards: usize, lists: Vec<TopicPresences<M>>) -> TopicLists<M> {
@@ -192,7 +183,7 @@ impl<M: Meta> Stream for Events<M> {
                 Read::Diff(event) => return Poll::Ready(Some(TrackerEvent::Replica(event))),
                 Read::Lagged => {
                     feed.skip_to_tail(pos);
-                    let statuses = replica_statuses(&this.shared);
+                    let statuses = this.shared.replicas();
                     return Poll::Ready(Some(TrackerEvent::Replicas(statuses)));
                 }
                 Read::Closed => this.replicas = None,

@@ -306,12 +306,7 @@ impl<M: Meta + Send + Sync + 'static> Tracker<M> {
 
     /// The other replicas known here and where they stand.
     pub fn replicas(&self) -> Vec<(ReplicaId, ReplicaStatus)> {
-        let inner = self.shared.lock();
-        inner
-            .node
-            .replicas()
-            .map(|(id, s)| (id.clone(), s))
-            .collect()
+        self.shared.replicas()
     }
 
     /// Counters: traffic, replicas, presences per topic.
@@ -381,6 +376,16 @@ impl<M: Meta> Shared<M> {
 
     fn now(&self) -> Duration {
         self.origin.elapsed()
+    }
+
+    /// The other replicas known here and where they stand.
+    fn replicas(&self) -> Vec<(ReplicaId, ReplicaStatus)> {
+        let driven = self.lock();
+        driven
+            .node
+            .replicas()
+            .map(|(id, s)| (id.clone(), s))
+            .collect()
     }
 
     fn shard(&self, topic: &str) -> &Arc<Shard<M>> {

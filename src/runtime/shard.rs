@@ -427,10 +427,7 @@ impl<M: Meta> Shard<M> {
         subscribe: bool,
     ) -> (Vec<Presence<M>>, Option<Subscribed<M>>) {
         let mut s = self.lock();
-        let mut out = s.own.presences_unsorted(topic);
-        for peer in s.peers.values().filter(|p| p.shown) {
-            out.extend(peer.data.presences_unsorted(topic));
-        }
+        let out = s.presences_on(topic);
         let feed = if subscribe && !self.common.stopped() {
             let (queue, locks) = (self.common.queue, self.common.locks.clone());
             let feed = s
@@ -571,10 +568,7 @@ impl<M: Meta> Shard<M> {
         pos: &mut super::feed::Position,
     ) -> Vec<Presence<M>> {
         let s = self.lock();
-        let mut out = s.own.presences_unsorted(topic);
-        for peer in s.peers.values().filter(|p| p.shown) {
-            out.extend(peer.data.presences_unsorted(topic));
-        }
+        let out = s.presences_on(topic);
         feed.skip_to_tail(pos);
         self.common.resyncs.fetch_add(1, Ordering::Relaxed);
         out
@@ -660,6 +654,15 @@ impl<M: Meta> Inner<M> {
         self.own.spend_own_counters(counter);
         let id = self.own.replica().clone();
         self.record(after, Delta::empty_event(id, counter));
+    }
+
+    /// The visible presences on `topic`, unsorted.
+    fn presences_on(&self, topic: &str) -> Vec<Presence<M>> {
+        let mut out = self.own.presences_unsorted(topic);
+        for peer in self.peers.values().filter(|p| p.shown) {
+            out.extend(peer.data.presences_unsorted(topic));
+        }
+        out
     }
 
     /// Every topic's visible presences, unsorted.
