@@ -4,6 +4,7 @@
 //! First criterion, then one line a figure:
 //!
 //! ```text
+//! runtime key_counts_start presences=1000000 ms=N max_lock_hold_us=N
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=multi_thread
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=current_thread
 //! runtime track_latency_during_list p50_us=N p99_us=N
@@ -22,6 +23,10 @@
 //!   iteration tracks a presence and untracks it, sequentially on a
 //!   current-thread runtime. The tracker runs its driver task and an
 //!   in-memory transport.
+//! - `track_untrack/tracker_key_counts/1000000`: the same once `topics()`
+//!   was called, so that each change also counts its key; `key_counts_start`
+//!   is how long that first call took on 1,000,000 presences, and the
+//!   longest any lock was held meanwhile.
 //! - `track_latency_during_catchup`: replica A holds 1,000,000 presences on
 //!   one topic; replica B starts on the same in-memory network, and while
 //!   it catches up from A (A's answer built and encoded, sent as real
@@ -109,9 +114,30 @@ fn track_untrack(c: &mut Criterion) {
             async move { drop(guard) }
         })
     });
+
+    // The first `topics()` starts the key counts; from then on every
+    // change also counts its key.
+    tracker.reset_longest_lock_hold();
+    let started = Instant::now();
+    let topics = tracker.topics();
+    let took = started.elapsed();
+    assert_eq!(topics.iter().map(|t| t.keys).sum::<usize>(), HELD);
+    let held = holds(&[&tracker]);
+    group.bench_function(BenchmarkId::new("tracker_key_counts", HELD), |b| {
+        b.to_async(&runtime).iter(|| {
+            i += 1;
+            let guard = tracker.track(&topic(i), &key(i), meta(i)).expect("tracks");
+            async move { drop(guard) }
+        })
+    });
     drop(guards);
     runtime.block_on(tracker.shutdown());
     group.finish();
+    println!(
+        "runtime key_counts_start presences={HELD} ms={} max_lock_hold_us={}",
+        took.as_millis(),
+        held.0.as_micros()
+    );
 }
 
 fn current_thread() -> Runtime {

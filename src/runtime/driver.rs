@@ -148,6 +148,14 @@ where
         let store = driven.node.state_mut();
         (outgoing, store.take_garbage(), store.take_woken())
     };
+    if woken.counting {
+        let shards = shared.shards.clone();
+        drop(tokio::task::spawn_blocking(move || {
+            for shard in shards.iter() {
+                drop(shard.count_keys());
+            }
+        }));
+    }
     woken.wake();
     free(garbage);
     outgoing

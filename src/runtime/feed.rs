@@ -73,11 +73,14 @@ pub(crate) struct Feed<T> {
 pub(crate) type TopicFeed<M> = Feed<Arc<TopicDiff<M>>>;
 
 /// What a publisher does once its locks are released: wake the
-/// subscribers that wait for its diffs, and drop the diffs no subscriber
-/// wanted (a large one takes a while to free).
+/// subscribers that wait for its diffs, drop the diffs no subscriber
+/// wanted (a large one takes a while to free), and have the key counts
+/// catch up with a large diff off the async threads.
 pub(crate) struct Wake<M> {
     wakers: Vec<Waker>,
     pub(crate) unwanted: Vec<TopicDiff<M>>,
+    /// A diff was put aside for the key counts.
+    pub(crate) counting: bool,
 }
 
 impl<M> Wake<M> {
@@ -85,6 +88,7 @@ impl<M> Wake<M> {
         Self {
             wakers: Vec::new(),
             unwanted: Vec::new(),
+            counting: false,
         }
     }
 
@@ -98,6 +102,7 @@ impl<M> Wake<M> {
     pub(crate) fn absorb(&mut self, other: Wake<M>) {
         self.wakers.extend(other.wakers);
         self.unwanted.extend(other.unwanted);
+        self.counting |= other.counting;
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::events::{ReplicaEvent, ShardFeed};
 use super::feed::{Feed, Position, TopicFeed, Wake};
+use super::key_counts::KeyCounts;
 use super::lock::{LockStats, TimedMutex};
 use super::{TopicCounts, TrackerError};
 use crate::state::{HeldEntry, Removal};
@@ -214,12 +215,36 @@ pub(crate) struct Peer<M> {
     /// Its presences as joins, made outside the lock with a large change,
     /// for showing it right after; dropped when the change is done.
     pub(crate) joins: Option<Diff<M>>,
+    /// Which state `data` is, unique in this process: `data` is replaced
+    /// whole by a large change, and a reader across several holds learns
+    /// so by this.
+    pub(crate) generation: u64,
+}
+
+/// Numbers the states of a shard (see [`Peer::generation`]).
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl<M> Peer<M> {
+    pub(crate) fn new(data: State<M>, shown: bool, joins: Option<Diff<M>>) -> Self {
+        Self {
+            data: Arc::new(data),
+            shown,
+            joins,
+            generation: next_generation(),
+        }
+    }
 }
 
 pub(crate) struct Inner<M> {
     /// This replica's presences on the shard's topics. Its context is this
     /// replica's, every counter up to the last change here.
-    own: State<M>,
+    pub(crate) own: State<M>,
+    /// Which state `own` is (it is replaced by a re-incarnation); see
+    /// [`Peer::generation`].
+    pub(crate) own_generation: u64,
     /// The first counter spent here since the last incarnation began.
     first_own: Option<u64>,
     pub(crate) peers: BTreeMap<ReplicaId, Peer<M>>,
@@ -228,6 +253,8 @@ pub(crate) struct Inner<M> {
     all: Option<Arc<ShardFeed<M>>>,
     /// This replica's changes here not broadcast yet, by where they go.
     pending: Vec<(Slot, Delta<M>)>,
+    /// How many keys each topic shows.
+    pub(crate) keys: KeyCounts<M>,
 }
 
 /// A topic and its visible presences, unsorted.
@@ -243,6 +270,8 @@ pub(crate) type Subscribed<M> = (Arc<TopicFeed<M>>, super::feed::Position);
 pub(crate) struct Shard<M> {
     inner: TimedMutex<Inner<M>>,
     pub(crate) common: Arc<Common>,
+    /// Held while the key counts are built from the states.
+    pub(crate) building: std::sync::Mutex<()>,
 }
 
 /// The shard of `topic` among `shards`: FNV-1a of its bytes.
@@ -262,16 +291,19 @@ impl<M: Meta> Shard<M> {
             inner: TimedMutex::new(
                 Inner {
                     own: state,
+                    own_generation: next_generation(),
                     first_own: None,
                     peers: BTreeMap::new(),
                     feeds: HashMap::new(),
                     all: None,
                     pending: Vec::new(),
+                    keys: KeyCounts::new(),
                 },
                 common.locks.clone(),
                 "shard",
             ),
             common,
+            building: std::sync::Mutex::new(()),
         }
     }
 
@@ -478,30 +510,22 @@ impl<M: Meta> Shard<M> {
     }
 
     /// Every topic with a visible presence, with its presence and key
-    /// counts, added to `out`.
+    /// counts, added to `out`: O(replicas shown) per topic.
     pub(crate) fn add_topics(&self, out: &mut Vec<TopicCounts>) {
-        let s = self.lock();
-        let shown: Vec<&State<M>> = std::iter::once(&s.own)
-            .chain(s.peers.values().filter(|p| p.shown).map(|p| &*p.data))
-            .collect();
+        self.start_key_counts();
+        let s = self.count_keys();
+        let shown = s.peers.values().filter(|p| p.shown).map(|p| &*p.data);
         let mut topics: BTreeMap<&Topic, usize> = BTreeMap::new();
-        for state in &shown {
+        for state in std::iter::once(&s.own).chain(shown) {
             for (topic, n) in state.topics() {
                 *topics.entry(topic).or_default() += n;
             }
         }
-        for (topic, presences) in topics {
-            // Presences of one key may sit in several replicas' states.
-            let mut keys = hashbrown::HashSet::new();
-            for state in &shown {
-                state.add_keys(topic.as_str(), &mut keys);
-            }
-            out.push(TopicCounts {
-                topic: topic.clone(),
-                presences,
-                keys: keys.len(),
-            });
-        }
+        out.extend(topics.into_iter().map(|(topic, presences)| TopicCounts {
+            topic: topic.clone(),
+            presences,
+            keys: s.keys.keys(topic.as_str()),
+        }));
     }
 
     /// Every topic's visible presences, unsorted, and (to subscribe) a
@@ -633,6 +657,7 @@ impl<M: Meta> Shard<M> {
             .map(|(e, new)| (PresenceId::new(old.clone(), e.pid), new))
             .collect();
         s.own = state;
+        s.own_generation = next_generation();
         s.first_own = (last >= first).then_some(first);
         s.pending.clear();
         (moves, last)
@@ -678,28 +703,37 @@ impl<M: Meta> Inner<M> {
         lists.into_iter().collect()
     }
 
-    /// Hands a diff of this shard's topics to their subscribers.
+    /// Hands a diff of this shard's topics to their subscribers, and to
+    /// the key counts when they are kept.
     pub(crate) fn publish(&mut self, diff: Diff<M>, wake: &mut Wake<M>) {
-        if self.feeds.is_empty() && self.all.is_none() && diff.len() <= 256 {
+        let counting = self.keys.kept();
+        if !counting && self.feeds.is_empty() && self.all.is_none() && diff.len() <= 256 {
             return;
         }
         for (topic, changes) in diff.into_topics() {
             let feed = self.feeds.get(topic.as_str());
-            if let Some(all) = &self.all {
-                let changes = Arc::new(changes);
-                if let Some(feed) = feed {
-                    feed.push(changes.clone(), wake);
-                }
-                all.push((topic, changes), wake);
-                continue;
+            let later = counting && self.keys.defers(&changes);
+            if counting && !later {
+                self.keys.count(&topic, &changes);
             }
-            match feed {
-                Some(feed) => feed.push(Arc::new(changes), wake),
+            if feed.is_none() && self.all.is_none() && !later {
                 // A large diff nobody wants is freed after the lock.
-                None if changes.joins().len() + changes.leaves().len() > 256 => {
+                if changes.joins().len() + changes.leaves().len() > 256 {
                     wake.unwanted.push(changes);
                 }
-                None => {}
+                continue;
+            }
+            let changes = Arc::new(changes);
+            if let Some(feed) = feed {
+                feed.push(changes.clone(), wake);
+            }
+            if later {
+                // Dropped by whoever counts it, off the async threads.
+                self.keys.defer(topic.clone(), changes.clone());
+                wake.counting = true;
+            }
+            if let Some(all) = &self.all {
+                all.push((topic, changes), wake);
             }
         }
     }

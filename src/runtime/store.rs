@@ -318,11 +318,10 @@ impl<M: Meta> Store<M> {
             let mut wake = Wake::new();
             {
                 let mut s = shard.lock();
-                let peer = s.peers.entry(replica.clone()).or_insert_with(|| Peer {
-                    data: Arc::new(shard.new_peer_state()),
-                    shown,
-                    joins: None,
-                });
+                let peer = s
+                    .peers
+                    .entry(replica.clone())
+                    .or_insert_with(|| Peer::new(shard.new_peer_state(), shown, None));
                 peer.shown = shown;
                 // Only this replica's driver changes a peer, and it holds no
                 // copy now: the copy-on-write never copies in practice.
@@ -369,14 +368,9 @@ impl<M: Meta> Store<M> {
                     (false, None, false) => (None, Some(diff)),
                     (false, None, true) => (None, None),
                 };
-                let old = s.peers.insert(
-                    replica.clone(),
-                    Peer {
-                        data: Arc::new(data),
-                        shown,
-                        joins,
-                    },
-                );
+                let old = s
+                    .peers
+                    .insert(replica.clone(), Peer::new(data, shown, joins));
                 if let Some(diff) = diff {
                     s.publish(diff, &mut wake);
                 }

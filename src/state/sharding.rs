@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 use super::diff::DiffBuilder;
 use super::store::{Payload, Place};
 use super::{
-    CounterSet, Delta, Diff, Meta, Part, PartEntry, Presence, PresenceId, Removal, ReplicaId,
+    CounterSet, Delta, Diff, Key, Meta, Part, PartEntry, Presence, PresenceId, Removal, ReplicaId,
     State, StateError, Topic,
 };
 
@@ -98,16 +98,24 @@ impl<M: Meta> State<M> {
             .collect()
     }
 
-    /// Adds the keys of the visible presences on `topic` to `keys`.
-    pub(crate) fn add_keys<'a>(&'a self, topic: &str, keys: &mut hashbrown::HashSet<&'a str>) {
-        let Some(t) = self.store.topic_index(topic) else {
-            return;
-        };
-        let visible = self
-            .store
-            .topic_members(t)
-            .filter(|e| !self.slot(e.replica).hidden);
-        keys.extend(visible.map(|e| e.payload.key.as_str()));
+    /// Visits the visible presences held in entry slots `from..` (slots
+    /// never move: an entry stays in its slot until it is removed), at
+    /// most `n` slots; returns the slot to go on from, or `None` past the
+    /// last.
+    pub(crate) fn visit_slots(
+        &self,
+        from: u32,
+        n: u32,
+        mut visit: impl FnMut(PresenceId, &Topic, &Key),
+    ) -> Option<u32> {
+        let end = from.saturating_add(n);
+        for (_, e) in self.store.entries_in(from..end) {
+            if !self.slot(e.replica).hidden {
+                let id = PresenceId::new(self.slot(e.replica).id.clone(), e.pid);
+                visit(id, self.store.topic_name(e.topic), &e.payload.key);
+            }
+        }
+        (end < self.store.slot_end()).then_some(end)
     }
 
     /// The visible presences under `key` on `topic`, in no particular

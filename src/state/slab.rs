@@ -64,6 +64,21 @@ impl<T> Slab<T> {
             .filter_map(|(i, item)| item.as_ref().map(|item| (i as u32, item)))
     }
 
+    /// The live items numbered in `range`, with their numbers.
+    pub(crate) fn range(&self, range: std::ops::Range<u32>) -> impl Iterator<Item = (u32, &T)> {
+        let end = (range.end as usize).min(self.items.len());
+        let start = (range.start as usize).min(end);
+        self.items[start..end]
+            .iter()
+            .zip(range.start..)
+            .filter_map(|(item, i)| item.as_ref().map(|item| (i, item)))
+    }
+
+    /// One past the highest number handed out.
+    pub(crate) fn end(&self) -> u32 {
+        self.items.len() as u32
+    }
+
     /// Makes room for `additional` more items without growing again.
     pub(crate) fn reserve(&mut self, additional: usize) {
         let spare = self.free.len() + (self.items.capacity() - self.items.len());

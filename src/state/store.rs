@@ -169,6 +169,19 @@ impl<M> Store<M> {
         self.topic(topic).visible
     }
 
+    /// The entries in the slots of `range`.
+    pub(crate) fn entries_in(
+        &self,
+        range: std::ops::Range<Slot>,
+    ) -> impl Iterator<Item = (Slot, &Entry<M>)> {
+        self.slots.range(range)
+    }
+
+    /// One past the highest slot in use.
+    pub(crate) fn slot_end(&self) -> Slot {
+        self.slots.end()
+    }
+
     pub(crate) fn topic_members(&self, topic: u32) -> impl Iterator<Item = &Entry<M>> {
         self.topic(topic)
             .members

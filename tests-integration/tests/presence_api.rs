@@ -198,6 +198,124 @@ async fn topics_count_presences_and_keys_across_replicas() {
     b.shutdown().await;
 }
 
+/// Topics with their presence and key counts.
+type Counts = Vec<(String, usize, usize)>;
+
+/// Every topic's presence and key counts, as `topics()` gives them and as
+/// counted from the lists.
+fn counts_both_ways(t: &T) -> (Counts, Counts) {
+    let told = t
+        .topics()
+        .into_iter()
+        .map(|c| (c.topic.to_string(), c.presences, c.keys))
+        .collect();
+    let listed = live(t)
+        .into_iter()
+        .map(|(topic, keys)| {
+            let presences = keys.values().map(BTreeSet::len).sum();
+            (topic, presences, keys.len())
+        })
+        .collect();
+    (told, listed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_counts_follow_a_catch_up_a_partition_and_a_replica_leaving() {
+    let network = MemoryNetwork::new();
+    let a = start(&network, "a");
+    // More changes in one topic than the counts take in one hold, with
+    // keys held twice on `a` and once more on `b`.
+    let guards_a: Vec<_> = (0..6_000)
+        .map(|i| {
+            let key = format!("user:{}", i % 4_000);
+            a.track("doc:big", &key, format!("a{i}")).expect("tracks")
+        })
+        .collect();
+    let b = start(&network, "b");
+    let guards_b: Vec<_> = (0..10)
+        .map(|i| b.track("doc:big", &format!("user:{i}"), format!("b{i}")))
+        .chain([b.track("doc:big", "user:9000", "b".into())])
+        .chain([b.track("doc:small", "user:1", "b".into())])
+        .collect::<Result<_, _>>()
+        .expect("tracks");
+    periods(5).await;
+    let (told, listed) = counts_both_ways(&b);
+    assert_eq!(told, listed);
+    assert_eq!(
+        told,
+        [("doc:big".into(), 6_011, 4_001), ("doc:small".into(), 1, 1)]
+    );
+    // Cut off, `a` is hidden on `b` (its presences leave in one diff),
+    // then shown again once healed (they join in one diff).
+    network.cut("a", "b");
+    periods(30).await;
+    let (told, listed) = counts_both_ways(&b);
+    assert_eq!(told, listed);
+    assert_eq!(told[0], ("doc:big".into(), 11, 11));
+    network.heal();
+    periods(30).await;
+    let (told, listed) = counts_both_ways(&b);
+    assert_eq!(told, listed);
+    assert_eq!(told[0], ("doc:big".into(), 6_011, 4_001));
+    a.shutdown().await;
+    drop(guards_a);
+    periods(30).await;
+    let (told, listed) = counts_both_ways(&b);
+    assert_eq!(told, listed);
+    assert_eq!(
+        told,
+        [("doc:big".into(), 11, 11), ("doc:small".into(), 1, 1)]
+    );
+    drop(guards_b);
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_counts_start_right_while_other_threads_track_and_untrack() {
+    let network = MemoryNetwork::new();
+    let t = start(&network, "a");
+    // Several slices of entries per shard, so that the counts are read
+    // over several holds of each lock while the churn goes on.
+    let _held: Vec<_> = (0..40_000)
+        .map(|i| {
+            let key = format!("user:{}", i % 25_000);
+            t.track(&format!("doc:{}", i % 4), &key, format!("{i}"))
+                .expect("tracks")
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn: Vec<_> = (0..2)
+        .map(|w| {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut kept = std::collections::VecDeque::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("user:{}", (i * 7 + w) % 30_000);
+                    let topic = format!("doc:{}", i % 4);
+                    kept.push_back(t.track(&topic, &key, format!("c{w}-{i}")).expect("tracks"));
+                    if kept.len() > 500 {
+                        kept.pop_front();
+                    }
+                    i += 1;
+                }
+                kept
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let first = t.topics();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _kept: Vec<_> = churn
+        .into_iter()
+        .map(|c| c.join().expect("churns"))
+        .collect();
+    assert_eq!(first.len(), 4);
+    let (told, listed) = counts_both_ways(&t);
+    assert_eq!(told, listed);
+    t.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn untracking_a_key_removes_its_local_presences_only_and_its_guards_go_quiet() {
     let network = MemoryNetwork::new();
