@@ -30,7 +30,7 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use super::shard::Shard;
-use crate::{Key, Meta, PresenceId, ReplicaId, Topic, TopicDiff};
+use crate::{Key, Meta, PresenceId, Topic, TopicDiff};
 
 /// Changes counted, or slots read, per hold of the shard's lock.
 pub(crate) const SLICE: usize = 2048;
@@ -250,12 +250,6 @@ impl<M> KeyCounts<M> {
     }
 }
 
-/// A state the counts are built from: this replica's, or a shown peer's.
-enum Source {
-    Own,
-    Peer(ReplicaId),
-}
-
 /// A visible presence's topic and key hash, as read while building.
 type Read = (Topic, u64);
 
@@ -285,11 +279,7 @@ impl<M: Meta> Shard<M> {
             // After a build that did not finish, everything since its
             // start is still put aside: building again from here is sound.
             s.keys.mode = Mode::Building;
-            let peers = s.peers.iter().filter(|(_, p)| p.shown);
-            let sources: Vec<(Source, u64)> = std::iter::once((Source::Own, s.own_generation))
-                .chain(peers.map(|(r, p)| (Source::Peer(r.clone()), p.generation)))
-                .collect();
-            (s.keys.hasher.clone(), sources)
+            (s.keys.hasher.clone(), s.sources())
         };
         let hash = |key: &Key| hasher.hash_one(key.as_str());
         let mut visible: HashMap<PresenceId, Read> = HashMap::new();
@@ -298,12 +288,8 @@ impl<M: Meta> Shard<M> {
             let mut from = Some(0);
             while let Some(at) = from {
                 let s = self.lock();
-                let (now, state) = match &source {
-                    Source::Own => (s.own_generation, &s.own),
-                    Source::Peer(replica) => match s.peers.get(replica) {
-                        Some(peer) if peer.shown => (peer.generation, &*peer.data),
-                        _ => break,
-                    },
+                let Some((now, state)) = s.source(&source) else {
+                    break;
                 };
                 if now != generation {
                     (generation, from) = (now, Some(0));

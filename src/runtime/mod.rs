@@ -51,6 +51,7 @@ mod feed;
 mod guard;
 mod key_counts;
 mod keys;
+mod listing;
 mod lock;
 #[cfg(feature = "metrics")]
 mod metrics_export;

@@ -459,21 +459,28 @@ impl<M: Meta> Shard<M> {
         subscribe: bool,
     ) -> (Vec<Presence<M>>, Option<Subscribed<M>>) {
         let mut s = self.lock();
+        let stopped = self.common.stopped();
+        if !stopped && s.visible_on(topic) > super::listing::SLICE {
+            let (feed, pos) = self.feed_of(&mut s, topic);
+            drop(s);
+            return self.snapshot_in_slices(topic, subscribe, feed, pos);
+        }
         let out = s.presences_on(topic);
-        let feed = if subscribe && !self.common.stopped() {
-            let (queue, locks) = (self.common.queue, self.common.locks.clone());
-            let feed = s
-                .feeds
-                .entry(Topic::from(topic))
-                .or_insert_with(|| Arc::new(Feed::new(queue, locks)))
-                .clone();
-            let pos = feed.join();
-            Some((feed, pos))
-        } else {
-            None
-        };
+        let feed = (subscribe && !stopped).then(|| self.feed_of(&mut s, topic));
         drop(s);
         (out, feed)
+    }
+
+    /// The feed of `topic`, made if it has none, and a new place in it.
+    pub(crate) fn feed_of(&self, s: &mut Inner<M>, topic: &str) -> Subscribed<M> {
+        let (queue, locks) = (self.common.queue, self.common.locks.clone());
+        let feed = s
+            .feeds
+            .entry(Topic::from(topic))
+            .or_insert_with(|| Arc::new(Feed::new(queue, locks)))
+            .clone();
+        let pos = feed.join();
+        (feed, pos)
     }
 
     /// The visible presences under `key` on `topic`, unsorted.
@@ -488,14 +495,7 @@ impl<M: Meta> Shard<M> {
 
     /// How many visible presences `topic` has: O(replicas shown).
     pub(crate) fn count(&self, topic: &str) -> usize {
-        let s = self.lock();
-        let peers: usize = s
-            .peers
-            .values()
-            .filter(|p| p.shown)
-            .map(|p| p.data.count(topic))
-            .sum();
-        s.own.count(topic) + peers
+        self.lock().visible_on(topic)
     }
 
     /// Visible presences per topic, added to `counts`.
@@ -591,11 +591,14 @@ impl<M: Meta> Shard<M> {
         feed: &TopicFeed<M>,
         pos: &mut super::feed::Position,
     ) -> Vec<Presence<M>> {
-        let s = self.lock();
-        let out = s.presences_on(topic);
-        feed.skip_to_tail(pos);
         self.common.resyncs.fetch_add(1, Ordering::Relaxed);
-        out
+        let s = self.lock();
+        if s.visible_on(topic) > super::listing::SLICE {
+            drop(s);
+            return self.resync_in_slices(topic, feed, pos);
+        }
+        feed.skip_to_tail(pos);
+        s.presences_on(topic)
     }
 
     // --- this replica's data, for the store --------------------------------
@@ -664,7 +667,33 @@ impl<M: Meta> Shard<M> {
     }
 }
 
+/// A state of a shard that a reader across several holds reads: this
+/// replica's, or a shown peer's.
+pub(crate) enum Source {
+    Own,
+    Peer(ReplicaId),
+}
+
 impl<M: Meta> Inner<M> {
+    /// The states to read across several holds, with their generations.
+    pub(crate) fn sources(&self) -> Vec<(Source, u64)> {
+        let peers = self.peers.iter().filter(|(_, p)| p.shown);
+        std::iter::once((Source::Own, self.own_generation))
+            .chain(peers.map(|(r, p)| (Source::Peer(r.clone()), p.generation)))
+            .collect()
+    }
+
+    /// A source's state now and its generation, if it is still shown.
+    pub(crate) fn source(&self, source: &Source) -> Option<(u64, &State<M>)> {
+        match source {
+            Source::Own => Some((self.own_generation, &self.own)),
+            Source::Peer(replica) => {
+                let peer = self.peers.get(replica).filter(|p| p.shown)?;
+                Some((peer.generation, &*peer.data))
+            }
+        }
+    }
+
     /// Queues one of this replica's changes for its broadcast.
     fn record(&mut self, after: Slot, delta: Delta<M>) {
         match self.pending.last_mut() {
@@ -681,8 +710,14 @@ impl<M: Meta> Inner<M> {
         self.record(after, Delta::empty_event(id, counter));
     }
 
+    /// How many visible presences `topic` has: O(replicas shown).
+    fn visible_on(&self, topic: &str) -> usize {
+        let shown = self.peers.values().filter(|p| p.shown);
+        self.own.count(topic) + shown.map(|p| p.data.count(topic)).sum::<usize>()
+    }
+
     /// The visible presences on `topic`, unsorted.
-    fn presences_on(&self, topic: &str) -> Vec<Presence<M>> {
+    pub(crate) fn presences_on(&self, topic: &str) -> Vec<Presence<M>> {
         let mut out = self.own.presences_unsorted(topic);
         for peer in self.peers.values().filter(|p| p.shown) {
             out.extend(peer.data.presences_unsorted(topic));

@@ -638,6 +638,9 @@ fn own_part<M: Meta>(
             continue;
         }
         if n <= SMALL_SHARD {
+            // Grown outside the lock: growing a vector of a million entries
+            // under it would copy them all while callers wait.
+            entries.reserve(n + 64);
             shard.own_all(&mut entries);
             continue;
         }
@@ -658,6 +661,7 @@ fn own_part<M: Meta>(
     // The last few with every shard held: the answer is this replica at
     // counter `to`.
     let to = {
+        entries.reserve(1024);
         let guards: Vec<_> = shards.iter().map(|s| s.lock()).collect();
         let to = common.counter();
         for g in &guards {
@@ -708,6 +712,8 @@ fn read_slices<M: Meta>(shard: &Shard<M>, lo: u64, hi: u64, out: &mut Vec<HeldEn
     let mut at = lo;
     while at <= hi {
         let end = at.saturating_add(SLICE - 1).min(hi);
+        // Grown outside the lock, as in `own_part`.
+        out.reserve(SLICE as usize);
         shard.own_between(at, end, out);
         at = end + 1;
         // Between holds rather than in one: a thread the OS takes off the

@@ -110,6 +110,11 @@ impl<M> Update<M> {
         &self.new.meta
     }
 
+    /// The presence at the version shown now.
+    pub(crate) fn presence(&self) -> Presence<M> {
+        Presence::new(self.id.clone(), self.version, self.new.clone())
+    }
+
     /// The reference of the version shown before (Phoenix's
     /// `phx_ref_prev`).
     pub fn old_version_ref(&self) -> VersionRef {

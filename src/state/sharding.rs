@@ -98,6 +98,33 @@ impl<M: Meta> State<M> {
             .collect()
     }
 
+    /// The visible presences on `topic` at member positions `low..high`,
+    /// added to `out`, where `high` is `below` (or the number of members,
+    /// if fewer or `None`) and `low` is `n` before it; returns `low`, or
+    /// `None` when it is 0. Members move only when one is removed (the
+    /// last takes its place) and new ones go last, so reading downwards a
+    /// slice at a time sees every member that stays, maybe twice.
+    pub(crate) fn presences_below(
+        &self,
+        topic: &str,
+        below: Option<usize>,
+        n: usize,
+        out: &mut Vec<Presence<M>>,
+    ) -> Option<usize> {
+        let t = self.store.topic_index(topic)?;
+        let members = self.store.member_slots(t);
+        let high = below.map_or(members.len(), |b| b.min(members.len()));
+        let low = high.saturating_sub(n);
+        for &slot in &members[low..high] {
+            let e = self.store.entry(slot);
+            if !self.slot(e.replica).hidden {
+                let id = PresenceId::new(self.slot(e.replica).id.clone(), e.pid);
+                out.push(Presence::new(id, e.dot, e.payload.clone()));
+            }
+        }
+        (low > 0).then_some(low)
+    }
+
     /// Visits the visible presences held in entry slots `from..` (slots
     /// never move: an entry stays in its slot until it is removed), at
     /// most `n` slots; returns the slot to go on from, or `None` past the

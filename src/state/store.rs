@@ -182,6 +182,12 @@ impl<M> Store<M> {
         self.slots.end()
     }
 
+    /// The slots of a topic's members. A member removed is replaced by
+    /// the last one; new members go last.
+    pub(crate) fn member_slots(&self, topic: u32) -> &[Slot] {
+        &self.topic(topic).members
+    }
+
     pub(crate) fn topic_members(&self, topic: u32) -> impl Iterator<Item = &Entry<M>> {
         self.topic(topic)
             .members

@@ -124,6 +124,17 @@ async fn a_subscription_replays_to_the_live_list() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_subscriber_gets_a_fresh_list_instead_of_unbounded_diffs() {
+    slow_subscriber(10).await;
+}
+
+/// The fresh list of a topic this large is read a slice at a time.
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_of_a_large_topic_gets_a_fresh_list_too() {
+    slow_subscriber(5_000).await;
+}
+
+/// A subscriber that reads nothing while `n` presences are tracked.
+async fn slow_subscriber(n: usize) {
     let network = MemoryNetwork::new();
     let a: T = Tracker::builder("a")
         .config(config())
@@ -131,7 +142,7 @@ async fn a_slow_subscriber_gets_a_fresh_list_instead_of_unbounded_diffs() {
         .start_with(|id| network.join(id))
         .expect("starts");
     let mut sub = a.subscribe("room");
-    let guards: Vec<_> = (0..10)
+    let guards: Vec<_> = (0..n)
         .map(|i| {
             a.track("room", &format!("u{i}"), "x".into())
                 .expect("tracks")
@@ -145,7 +156,7 @@ async fn a_slow_subscriber_gets_a_fresh_list_instead_of_unbounded_diffs() {
     // event is the fresh list.
     assert_eq!(events.len(), 1, "one resync, no stale diff first");
     match events.last() {
-        Some(SubscriptionEvent::Resync(list)) => assert_eq!(rows(list).len(), 10),
+        Some(SubscriptionEvent::Resync(list)) => assert_eq!(rows(list), rows(&a.list("room"))),
         other => panic!("expected a resync, got {other:?}"),
     }
     // Caught up, it gets diffs again.
@@ -490,22 +501,62 @@ async fn the_diff_stream_is_atomic_with_lists_per_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_while_other_threads_write_misses_and_repeats_nothing() {
+    subscribe_amid_writes(0).await;
+}
+
+/// A topic this large is listed a slice at a time, the diffs published
+/// meanwhile replayed over what was read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_to_a_large_topic_while_other_threads_write_misses_and_repeats_nothing() {
+    subscribe_amid_writes(20_000).await;
+}
+
+/// Subscribes to a topic with `stable` presences that stay (two threads
+/// update them) and more that the threads track, update and untrack
+/// meanwhile. Each subscription is then checked with the writers paused:
+/// its list and diffs replay to the list now, and no list misses a
+/// presence that stays or shows one twice.
+async fn subscribe_amid_writes(stable: usize) {
+    use std::sync::Arc;
+    use tokio::sync::RwLock;
     let network = MemoryNetwork::new();
-    let a = start_live(&network, "a");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Room for every diff written while a list is sorted, so that a
+    // subscriber is checked against its diffs rather than a fresh list.
+    let a: T = Tracker::builder("a")
+        .config(config())
+        .subscriber_queue(1 << 16)
+        .start_with(|id| network.join(id))
+        .expect("starts");
+    let stable_guards: Arc<Vec<_>> = Arc::new(
+        (0..stable)
+            .map(|i| {
+                a.track("room", &format!("s:{i}"), "s".into())
+                    .expect("tracks")
+            })
+            .collect(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Writers write under the read side; the check pauses them.
+    let pause = Arc::new(RwLock::new(()));
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let (a, stop) = (a.clone(), stop.clone());
+            let (a, stop, stable) = (a.clone(), stop.clone(), stable_guards.clone());
+            let pause = pause.clone();
             std::thread::spawn(move || {
                 let mut held = std::collections::VecDeque::new();
                 let mut i = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _writing = pause.blocking_read();
                     held.push_back(
                         a.track("room", &format!("w{w}:{i}"), format!("{i}"))
                             .expect("tracks"),
                     );
                     if i % 4 == 1 {
                         held.back().map(|g| g.update(format!("u{i}")));
+                    }
+                    if !stable.is_empty() {
+                        let g = &stable[(i as usize * 7919 + w) % stable.len()];
+                        g.update(format!("w{w}:{i}")).expect("updates");
                     }
                     if held.len() > 20 {
                         held.pop_front();
@@ -515,11 +566,34 @@ async fn subscribing_while_other_threads_write_misses_and_repeats_nothing() {
             })
         })
         .collect();
-    let mut subscriptions = Vec::new();
-    for _ in 0..200 {
-        let sub = a.subscribe("room");
-        let view = rows(sub.list());
-        subscriptions.push((sub, view));
+    let no_repeats = |list: &[KeyGroup<String>]| {
+        let listed: usize = list.iter().map(|g| g.presences.len()).sum();
+        assert_eq!(listed, rows(list).len(), "a presence listed twice");
+        let stable_listed = list.iter().filter(|g| g.key.as_str().starts_with("s:"));
+        assert_eq!(
+            stable_listed.count(),
+            stable,
+            "a presence that stays is missing"
+        );
+    };
+    for round in 0..if stable > 0 { 40 } else { 200 } {
+        if round % 4 == 0 {
+            no_repeats(&a.list("room"));
+        }
+        let mut sub = a.subscribe("room");
+        let paused = pause.write().await;
+        no_repeats(sub.list());
+        let mut view = rows(sub.list());
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(20), sub.next()).await
+        {
+            if let SubscriptionEvent::Resync(_) = event {
+                panic!("fell behind in round {round}");
+            }
+            replay(&mut view, event);
+        }
+        assert_eq!(view, rows(&a.list("room")), "round {round}");
+        drop(paused);
         std::thread::sleep(Duration::from_micros(200));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -527,14 +601,6 @@ async fn subscribing_while_other_threads_write_misses_and_repeats_nothing() {
         tokio::task::spawn_blocking(move || w.join().expect("a writer"))
             .await
             .expect("joins");
-    }
-    for (mut sub, mut view) in subscriptions {
-        while let Ok(Some(event)) =
-            tokio::time::timeout(Duration::from_millis(20), sub.next()).await
-        {
-            replay(&mut view, event);
-        }
-        assert_eq!(view, rows(&a.list("room")));
     }
     a.shutdown().await;
 }
