@@ -192,8 +192,9 @@ impl<M: Meta> State<M> {
         // Entries new here. One that comes with the removal of another
         // version of the same presence is an update of it: pair them, and
         // take the paired slot out of `removals`.
-        // Only entries can pair with removals (a leave carries none).
-        let mut gone = if part.entries.is_empty() {
+        // Only entries can pair with removals (a leave carries none), and
+        // a join removes nothing: neither needs the set.
+        let mut gone = if part.entries.is_empty() || removals.is_empty() {
             Gone::Few(SmallVec::new())
         } else {
             Gone::new(&removals)
@@ -277,10 +278,14 @@ impl<M: Meta> State<M> {
                 .filter(|&(dot, _)| part.covers(dot))
                 .collect();
         }
-        if found.len() > 1 {
-            found.sort_unstable();
+        match found.len() {
+            0 => SmallVec::new(),
+            1 => SmallVec::from_elem(found[0].1, 1),
+            _ => {
+                found.sort_unstable();
+                found.iter().map(|&(_, slot)| slot).collect()
+            }
         }
-        found.iter().map(|&(_, slot)| slot).collect()
     }
 
     /// Checks what a part would add against the presence limit.
