@@ -286,7 +286,7 @@ const SCANNED_TOPICS: usize = 8;
 pub(crate) struct DiffBuilder<M> {
     /// The diff under construction; finished in place, so that the whole
     /// of it moves once.
-    diff: Diff<M>,
+    pub(super) diff: Diff<M>,
     index: Option<HashMap<usize, usize>>,
 }
 
@@ -365,13 +365,22 @@ impl<M> DiffBuilder<M> {
     }
 
     pub(crate) fn finish(mut self) -> Diff<M> {
+        self.tidy();
+        self.diff
+    }
+
+    /// Finishes the diff in place: drops the topics left empty, sorts the
+    /// rest and joins the clones of one name. The caller then takes
+    /// `diff`, which moves it once where [`DiffBuilder::finish`] moves it
+    /// twice.
+    pub(crate) fn tidy(&mut self) {
         let topics = &mut self.diff.topics;
         if topics.len() == 1 {
             // Most diffs: one topic, nothing to sort or join.
             if topics[0].1.is_empty() {
                 topics.clear();
             }
-            return self.diff;
+            return;
         }
         topics.retain(|(_, diff)| !diff.is_empty());
         topics.sort_by(|a, b| a.0.cmp(&b.0));
@@ -389,6 +398,5 @@ impl<M> DiffBuilder<M> {
             }
             *topics = joined;
         }
-        self.diff
     }
 }

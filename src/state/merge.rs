@@ -64,14 +64,32 @@ impl<M: Meta> State<M> {
     /// When a part would break a [`Limits`](super::Limits) bound; the state
     /// is then unchanged.
     pub fn merge(&mut self, mut delta: Delta<M>) -> Result<Diff<M>, StateError> {
-        let plan = self.plan(&delta)?;
-        // Both by reference: moving them would copy hundreds of bytes.
-        Ok(self.apply(&mut delta, &plan))
+        // The plan and the diff are filled in place and passed by
+        // reference: moving them would copy hundreds of bytes each time.
+        let mut plan = MergePlan {
+            parts: SmallVec::new(),
+            newer_self: None,
+        };
+        self.plan_into(&delta, &mut plan)?;
+        let mut diff = DiffBuilder::new();
+        self.apply(&mut delta, &plan, &mut diff);
+        diff.tidy();
+        Ok(diff.diff)
     }
 
     /// Plans a merge without changing anything; the error a merge would
     /// return, if any.
     pub(crate) fn plan(&self, delta: &Delta<M>) -> Result<MergePlan, StateError> {
+        let mut plan = MergePlan {
+            parts: SmallVec::new(),
+            newer_self: None,
+        };
+        self.plan_into(delta, &mut plan)?;
+        Ok(plan)
+    }
+
+    /// [`State::plan`], into `plan` (empty).
+    fn plan_into(&self, delta: &Delta<M>, plan: &mut MergePlan) -> Result<(), StateError> {
         // Entries on a topic over this state's limits are refused one by
         // one, not the whole delta with them: a peer configured with larger
         // limits must not stop the rest of its presences from arriving.
@@ -88,7 +106,7 @@ impl<M: Meta> State<M> {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let mut plans = SmallVec::new();
+        let plans = &mut plan.parts;
         let mut newer_self = None;
         let mut new_replicas = 0usize;
         let mut replaced = 0usize;
@@ -155,10 +173,8 @@ impl<M: Meta> State<M> {
                 max: self.limits.replicas(),
             });
         }
-        Ok(MergePlan {
-            parts: plans,
-            newer_self,
-        })
+        plan.newer_self = newer_self;
+        Ok(())
     }
 
     /// Fills in what merging `part` does: which entries it adds, which it
@@ -302,13 +318,12 @@ impl<M: Meta> State<M> {
         Ok(())
     }
 
-    fn apply(&mut self, delta: &mut Delta<M>, plan: &MergePlan) -> Diff<M> {
+    fn apply(&mut self, delta: &mut Delta<M>, plan: &MergePlan, diff: &mut DiffBuilder<M>) {
         self.superseded_by = self.superseded_by.max(plan.newer_self);
-        let mut diff = DiffBuilder::new();
         for plan in &plan.parts {
             let part = &mut delta.parts[plan.part];
             for &old in &plan.superseded {
-                self.purge_slot(old, PurgeReason::Superseded, &mut diff);
+                self.purge_slot(old, PurgeReason::Superseded, diff);
             }
             if plan.newest {
                 self.newest
@@ -318,9 +333,8 @@ impl<M: Meta> State<M> {
                 Some(r) => r,
                 None => self.add_replica(part.replica.clone()),
             };
-            self.apply_part(r, part, &delta.topics, plan, &mut diff);
+            self.apply_part(r, part, &delta.topics, plan, diff);
         }
-        diff.finish()
     }
 
     /// Applies one planned part; takes its entries out of `part`.
