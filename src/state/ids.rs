@@ -16,8 +16,25 @@ pub const MAX_REPLICA_NAME_LEN: usize = 255;
 ///
 /// A name is stable across restarts; the [`Incarnation`] tells restarts apart.
 /// It is non-empty and at most [`MAX_REPLICA_NAME_LEN`] bytes long.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ReplicaName(Arc<str>);
+
+impl PartialOrd for ReplicaName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+// Maps keyed by name mostly hold the very name looked up (a clone of one
+// allocation): equal addresses are equal names, with no text to compare.
+impl Ord for ReplicaName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
 
 impl ReplicaName {
     /// Checks and wraps a name.
