@@ -258,20 +258,19 @@ impl<M: Meta> Shard<M> {
     /// yet, and returns once they are.
     ///
     /// The counts are built from the states in slices of [`SLICE`] entry
-    /// slots, each read under the lock; every diff published meanwhile is
-    /// put aside. Entries never move between slots, so a presence that
-    /// does not change during the reading is read exactly once, and one
-    /// that does is settled by the diffs put aside, replayed in order over
-    /// what was read: a leave removes it, a join adds it. A state replaced
-    /// whole meanwhile (a large change, a re-incarnation) is read again; a
-    /// peer hidden or gone meanwhile left with leaves. The replayed diffs
-    /// leave the queue and those after them are counted as usual.
+    /// slots, each read under the lock (as `slices.rs` reads them); every
+    /// diff published meanwhile is put aside. Entries never move between
+    /// slots, so a presence that does not change during the reading is
+    /// read exactly once, and one that does is settled by the diffs put
+    /// aside, replayed in order over what was read: a leave removes it, a
+    /// join adds it. The replayed diffs leave the queue and those after
+    /// them are counted as usual.
     pub(crate) fn start_key_counts(&self) {
         if self.lock().keys.mode == Mode::On {
             return;
         }
         let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-        let (hasher, sources) = {
+        let hasher = {
             let mut s = self.lock();
             if s.keys.mode == Mode::On {
                 return;
@@ -279,29 +278,17 @@ impl<M: Meta> Shard<M> {
             // After a build that did not finish, everything since its
             // start is still put aside: building again from here is sound.
             s.keys.mode = Mode::Building;
-            (s.keys.hasher.clone(), s.sources())
+            s.keys.hasher.clone()
         };
         let hash = |key: &Key| hasher.hash_one(key.as_str());
-        let mut visible: HashMap<PresenceId, Read> = HashMap::new();
-        for (source, mut generation) in sources {
-            let mut read: Vec<(PresenceId, Read)> = Vec::new();
-            let mut from = Some(0);
-            while let Some(at) = from {
-                let s = self.lock();
-                let Some((now, state)) = s.source(&source) else {
-                    break;
-                };
-                if now != generation {
-                    (generation, from) = (now, Some(0));
-                    read.clear();
-                    continue;
-                }
-                from = state.visit_slots(at, SLICE as u32, |id, topic, key| {
-                    read.push((id, (topic.clone(), hash(key))));
-                });
-            }
-            visible.extend(read);
-        }
+        let read = self.read_in_slices(SLICE, |state, from, out| {
+            let from = u32::try_from(from.unwrap_or(0)).unwrap_or(u32::MAX);
+            let next = state.visit_slots(from, SLICE as u32, |id, topic, key| {
+                out.push((id, (topic.clone(), hash(key))));
+            });
+            next.map(|slot| slot as usize)
+        });
+        let mut visible: HashMap<PresenceId, Read> = read.into_iter().collect();
         let replayed: Vec<(Topic, Arc<TopicDiff<M>>)> = {
             let s = self.lock();
             let deferred = s.keys.deferred.iter();

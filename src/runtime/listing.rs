@@ -11,10 +11,9 @@
 //! diffs read from the feed up to its end are then replayed over what was
 //! read: a join or an update puts that version in, a leave takes it out.
 //! The result is the topic's list at the instant the feed was read to its
-//! end; for a subscription, its place in the feed is right after it. A
-//! state replaced whole meanwhile (a large change, a re-incarnation) is
-//! read again; a peer hidden or gone meanwhile left with leaves. A reader
-//! that lagged out of the feed falls back to one hold.
+//! end; for a subscription, its place in the feed is right after it. The
+//! states are read as `slices.rs` reads them. A reader that lagged out of
+//! the feed falls back to one hold.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +37,7 @@ impl<M: Meta> Shard<M> {
         feed: Arc<TopicFeed<M>>,
         mut pos: Position,
     ) -> (Vec<Presence<M>>, Option<Subscribed<M>>) {
-        let list = self.read_in_slices(topic, &feed, &mut pos);
+        let list = self.read_topic_in_slices(topic, &feed, &mut pos);
         let feed = if subscribe {
             Some((feed, pos))
         } else {
@@ -57,41 +56,20 @@ impl<M: Meta> Shard<M> {
         pos: &mut Position,
     ) -> Vec<Presence<M>> {
         feed.skip_to_tail(pos);
-        self.read_in_slices(topic, feed, pos)
+        self.read_topic_in_slices(topic, feed, pos)
     }
 
     /// The topic's list as of the end of its feed, read from `pos` (taken
     /// before reading began) to that end; see the module docs.
-    fn read_in_slices(
+    fn read_topic_in_slices(
         &self,
         topic: &str,
         feed: &TopicFeed<M>,
         pos: &mut Position,
     ) -> Vec<Presence<M>> {
-        let sources = self.lock().sources();
-        let mut read = Vec::new();
-        for (source, mut generation) in sources {
-            let mut from_source = Vec::new();
-            let mut below = None;
-            loop {
-                // Grown outside the lock.
-                from_source.reserve(SLICE);
-                let s = self.lock();
-                let Some((now, state)) = s.source(&source) else {
-                    break;
-                };
-                if now != generation {
-                    (generation, below) = (now, None);
-                    from_source.clear();
-                    continue;
-                }
-                below = state.presences_below(topic, below, SLICE, &mut from_source);
-                if below.is_none() {
-                    break;
-                }
-            }
-            read.append(&mut from_source);
-        }
+        let read = self.read_in_slices(SLICE, |state, below, out| {
+            state.presences_below(topic, below, SLICE, out)
+        });
         let mut diffs: Vec<Arc<TopicDiff<M>>> = Vec::new();
         loop {
             match feed.read(pos, Waker::noop()) {

@@ -56,6 +56,7 @@ mod lock;
 #[cfg(feature = "metrics")]
 mod metrics_export;
 mod shard;
+mod slices;
 mod store;
 mod subscription;
 

@@ -667,33 +667,7 @@ impl<M: Meta> Shard<M> {
     }
 }
 
-/// A state of a shard that a reader across several holds reads: this
-/// replica's, or a shown peer's.
-pub(crate) enum Source {
-    Own,
-    Peer(ReplicaId),
-}
-
 impl<M: Meta> Inner<M> {
-    /// The states to read across several holds, with their generations.
-    pub(crate) fn sources(&self) -> Vec<(Source, u64)> {
-        let peers = self.peers.iter().filter(|(_, p)| p.shown);
-        std::iter::once((Source::Own, self.own_generation))
-            .chain(peers.map(|(r, p)| (Source::Peer(r.clone()), p.generation)))
-            .collect()
-    }
-
-    /// A source's state now and its generation, if it is still shown.
-    pub(crate) fn source(&self, source: &Source) -> Option<(u64, &State<M>)> {
-        match source {
-            Source::Own => Some((self.own_generation, &self.own)),
-            Source::Peer(replica) => {
-                let peer = self.peers.get(replica).filter(|p| p.shown)?;
-                Some((peer.generation, &*peer.data))
-            }
-        }
-    }
-
     /// Queues one of this replica's changes for its broadcast.
     fn record(&mut self, after: Slot, delta: Delta<M>) {
         match self.pending.last_mut() {
