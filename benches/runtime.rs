@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! runtime key_counts_start presences=1000000 ms=N max_lock_hold_us=N
+//! runtime grow_one_topic presences=1000000 max_lock_hold_us=N
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=multi_thread
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=current_thread
 //! runtime track_latency_during_list p50_us=N p99_us=N
@@ -27,6 +28,9 @@
 //!   was called, so that each change also counts its key; `key_counts_start`
 //!   is how long that first call took on 1,000,000 presences, and the
 //!   longest any lock was held meanwhile.
+//! - `grow_one_topic`: the longest any lock was held while one task tracks
+//!   1,000,000 presences on one topic of a fresh tracker, so that one
+//!   shard's state grows from empty to a million.
 //! - `track_latency_during_catchup`: replica A holds 1,000,000 presences on
 //!   one topic; replica B starts on the same in-memory network, and while
 //!   it catches up from A (A's answer built and encoded, sent as real
@@ -136,6 +140,30 @@ fn track_untrack(c: &mut Criterion) {
     println!(
         "runtime key_counts_start presences={HELD} ms={} max_lock_hold_us={}",
         took.as_millis(),
+        held.0.as_micros()
+    );
+}
+
+/// Tracks `HELD` presences on one topic of a fresh tracker and prints the
+/// longest lock hold meanwhile: the shard's state grows under its lock.
+fn grow_one_topic() {
+    let runtime = current_thread();
+    let network = MemoryNetwork::new();
+    let tracker = runtime.block_on(async { start_tracker(&network, "node-local") });
+    tracker.reset_longest_lock_hold();
+    let guards: Vec<_> = (0..HELD as u64)
+        .map(|i| {
+            tracker
+                .track("room:grow", &key(i), meta(i))
+                .expect("tracks")
+        })
+        .collect();
+    let held = holds(&[&tracker]);
+    assert_eq!(tracker.count("room:grow"), HELD);
+    drop(guards);
+    runtime.block_on(tracker.shutdown());
+    println!(
+        "runtime grow_one_topic presences={HELD} max_lock_hold_us={}",
         held.0.as_micros()
     );
 }
@@ -434,6 +462,7 @@ fn main() {
     track_untrack(&mut criterion);
     criterion.final_summary();
 
+    grow_one_topic();
     let catchup_multi = during_catchup(&multi_thread(), "multi_thread");
     let catchup_current = during_catchup(&current_thread(), "current_thread");
     let list = during_list(&multi_thread());

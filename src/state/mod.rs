@@ -19,6 +19,7 @@ mod limits;
 mod merge;
 mod reference;
 mod replica;
+mod segments;
 mod serial;
 #[cfg(feature = "runtime")]
 mod sharding;

@@ -1,6 +1,7 @@
 //! Where presences live, and the indexes that find them without scanning.
 //!
-//! Entries sit in one slab. Three small indexes point into it by slot number:
+//! Entries sit in one slab (stored in segments, so that growing it never
+//! copies them). Three small indexes point into it by slot number:
 //! per replica by dot (so a delta's removals are found in O(1) each), by
 //! `(topic, key)` (so updates and `get` are O(presences of the key)), and per
 //! topic the list of its members (so `list` and `count` touch one topic
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashMap};
 
 use super::index::SlotIndex;
+use super::segments::Segmented;
 use super::slab::Slab;
 use super::{Key, Topic};
 
@@ -69,7 +71,7 @@ pub(crate) struct Pending {
 #[derive(Clone, Debug)]
 struct TopicSlot {
     name: Topic,
-    members: Vec<Slot>,
+    members: Segmented<Slot>,
     visible: usize,
 }
 
@@ -148,7 +150,7 @@ impl<M> Store<M> {
         }
         let slot = TopicSlot {
             name: topic.clone(),
-            members: Vec::new(),
+            members: Segmented::default(),
             visible: 0,
         };
         let index = self.topics.insert(slot);
@@ -182,10 +184,22 @@ impl<M> Store<M> {
         self.slots.end()
     }
 
-    /// The slots of a topic's members. A member removed is replaced by
-    /// the last one; new members go last.
-    pub(crate) fn member_slots(&self, topic: u32) -> &[Slot] {
-        &self.topic(topic).members
+    /// How many members a topic has.
+    pub(crate) fn member_count(&self, topic: u32) -> usize {
+        self.topic(topic).members.len()
+    }
+
+    /// The entries of a topic's members at positions `range`. A member
+    /// removed is replaced by the last one; new members go last.
+    pub(crate) fn members_at(
+        &self,
+        topic: u32,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = &Entry<M>> {
+        self.topic(topic)
+            .members
+            .range(range)
+            .map(|&slot| live(&self.slots, slot))
     }
 
     pub(crate) fn topic_members(&self, topic: u32) -> impl Iterator<Item = &Entry<M>> {
