@@ -2,36 +2,44 @@
 //!
 //! A `Vec` that outgrows its allocation copies everything it holds into a
 //! new one: a million entries take milliseconds, and a tracker grows its
-//! state under a shard's lock. Here the items sit in segments of
-//! [`SEGMENT`] items that never move once full, so growing past the first
-//! segment allocates one more and copies nothing. The first segment grows
-//! by a quarter at a time, so a small state stays small.
+//! state under a shard's lock. Here the first [`SEGMENT`] items sit in a
+//! `Vec` that grows by a quarter at a time (a small state stays small, and
+//! growing it copies at most [`SEGMENT`] items); the items past them sit in
+//! boxed segments of [`SEGMENT`] items, allocated as needed, so growing
+//! there copies nothing.
 
 use std::ops::Range;
 
 const SEGMENT_BITS: u32 = 12;
 /// Items per segment.
-pub(crate) const SEGMENT: usize = 1 << SEGMENT_BITS;
+const SEGMENT: usize = 1 << SEGMENT_BITS;
 const OFFSET: usize = SEGMENT - 1;
+
+/// A segment past the first: of a fixed length, so that an index into it
+/// needs no length check.
+type Fixed<T> = Box<[T; SEGMENT]>;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Segmented<T> {
-    /// Every segment but the last holds [`SEGMENT`] items; only the first
-    /// may be empty (it is kept, with its room, through churn at one item).
-    segments: Vec<Vec<T>>,
+    /// Items `0..SEGMENT`, growing by a quarter at a time.
+    first: Vec<T>,
+    /// Items from `SEGMENT` on; places at `len` and past hold
+    /// `T::default()`. The last segment may be empty.
+    rest: Vec<Fixed<T>>,
     len: usize,
 }
 
 impl<T> Default for Segmented<T> {
     fn default() -> Self {
         Self {
-            segments: Vec::new(),
+            first: Vec::new(),
+            rest: Vec::new(),
             len: 0,
         }
     }
 }
 
-impl<T> Segmented<T> {
+impl<T: Default> Segmented<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -40,70 +48,76 @@ impl<T> Segmented<T> {
         self.len == 0
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, index: usize) -> Option<&T> {
-        self.segments
-            .get(index >> SEGMENT_BITS)?
-            .get(index & OFFSET)
+        if index < SEGMENT {
+            self.first.get(index)
+        } else if index < self.len {
+            Some(&self.rest[(index >> SEGMENT_BITS) - 1][index & OFFSET])
+        } else {
+            None
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.segments
-            .get_mut(index >> SEGMENT_BITS)?
-            .get_mut(index & OFFSET)
+        if index < SEGMENT {
+            self.first.get_mut(index)
+        } else if index < self.len {
+            Some(&mut self.rest[(index >> SEGMENT_BITS) - 1][index & OFFSET])
+        } else {
+            None
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push(&mut self, item: T) {
-        match self.segments.last_mut() {
-            Some(last) if last.len() < last.capacity() => last.push(item),
-            _ => self.push_growing(item),
+        let index = self.len;
+        if index < SEGMENT {
+            if self.first.len() == self.first.capacity() {
+                let more = (index / 4).max(16).min(SEGMENT - index);
+                self.first.reserve_exact(more);
+            }
+            self.first.push(item);
+        } else {
+            let (segment, offset) = ((index >> SEGMENT_BITS) - 1, index & OFFSET);
+            if segment == self.rest.len() {
+                self.rest.push(fixed_segment());
+            }
+            self.rest[segment][offset] = item;
         }
         self.len += 1;
     }
 
-    /// [`Segmented::push`] into a full last segment: grows the first one
-    /// by a quarter, or starts a segment.
-    #[cold]
-    fn push_growing(&mut self, item: T) {
-        match self.segments.last_mut() {
-            Some(last) if last.len() < SEGMENT => {
-                let more = (last.len() / 4).max(16).min(SEGMENT - last.len());
-                last.reserve_exact(more);
-                last.push(item);
-            }
-            _ => {
-                let mut segment = Vec::with_capacity(if self.segments.is_empty() {
-                    16
-                } else {
-                    SEGMENT
-                });
-                segment.push(item);
-                self.segments.push(segment);
-            }
-        }
-    }
-
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let item = self.segments.last_mut()?.pop()?;
-        if self.segments.len() > 1 && self.segments.last().is_some_and(Vec::is_empty) {
-            self.segments.pop();
+        let index = self.len.checked_sub(1)?;
+        self.len = index;
+        if index < SEGMENT {
+            return self.first.pop();
         }
-        self.len -= 1;
+        let (segment, offset) = ((index >> SEGMENT_BITS) - 1, index & OFFSET);
+        let item = std::mem::take(&mut self.rest[segment][offset]);
+        // One empty segment is kept, so that churn across a segment's
+        // border does not allocate and free it each time.
+        if offset == 0 && self.rest.len() > segment + 1 {
+            self.rest.pop();
+        }
         Some(item)
     }
 
     /// Removes the item at `index` and puts the last one in its place.
+    #[inline]
     pub(crate) fn swap_remove(&mut self, index: usize) -> Option<T> {
-        if index >= self.len {
-            return None;
+        if index.checked_add(1)? >= self.len {
+            return if index + 1 == self.len {
+                self.pop()
+            } else {
+                None
+            };
         }
         let last = self.pop()?;
-        match self.get_mut(index) {
-            Some(item) => Some(std::mem::replace(item, last)),
-            None => Some(last),
-        }
+        self.get_mut(index)
+            .map(|item| std::mem::replace(item, last))
     }
 
     /// Makes room for `additional` more items: in the first segment while
@@ -112,35 +126,39 @@ impl<T> Segmented<T> {
     pub(crate) fn reserve(&mut self, additional: usize) {
         let wanted = self.len.saturating_add(additional);
         if wanted <= SEGMENT {
-            match self.segments.first_mut() {
-                Some(first) => first.reserve_exact(wanted - first.len()),
-                None => self.segments.push(Vec::with_capacity(wanted)),
-            }
+            self.first.reserve_exact(wanted - self.first.len());
         } else {
-            self.segments
-                .reserve(wanted.div_ceil(SEGMENT).saturating_sub(self.segments.len()));
+            let segments = wanted.div_ceil(SEGMENT) - 1;
+            self.rest.reserve(segments.saturating_sub(self.rest.len()));
         }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.segments.iter().flatten()
+        self.range(0..self.len)
     }
 
     /// The items at `range`, cut to the items there are.
     pub(crate) fn range(&self, range: Range<usize>) -> impl Iterator<Item = &T> {
         let end = range.end.min(self.len);
         let start = range.start.min(end);
-        self.segments
-            .iter()
-            .enumerate()
-            .skip(start >> SEGMENT_BITS)
-            .take_while(move |(s, _)| s << SEGMENT_BITS < end)
-            .flat_map(move |(s, segment)| {
-                let base = s << SEGMENT_BITS;
-                let from = start.saturating_sub(base);
-                let to = (end - base).min(segment.len());
-                &segment[from..to]
-            })
+        let first = &self.first[start.min(SEGMENT)..end.min(SEGMENT)];
+        let rest = self.rest.iter().enumerate().flat_map(move |(s, segment)| {
+            let base = (s + 1) << SEGMENT_BITS;
+            let from = start.clamp(base, base + SEGMENT) - base;
+            let to = end.clamp(base, base + SEGMENT) - base;
+            &segment[from..to]
+        });
+        first.iter().chain(rest)
+    }
+}
+
+/// A segment of default items, built on the heap (a segment on the stack
+/// could overflow a small thread stack).
+fn fixed_segment<T: Default>() -> Fixed<T> {
+    let items: Box<[T]> = (0..SEGMENT).map(|_| T::default()).collect();
+    match items.try_into() {
+        Ok(fixed) => fixed,
+        Err(_) => unreachable!("SEGMENT items were collected"),
     }
 }
 
