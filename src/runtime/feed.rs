@@ -180,6 +180,19 @@ impl<T: Clone> Feed<T> {
         pos.next = ring.tail();
     }
 
+    /// Every diff from a reader's place to the end of the feed, or `None`
+    /// when diffs it had not read left the ring.
+    pub(crate) fn read_to_end(&self, pos: &mut Position) -> Option<Vec<T>> {
+        let mut diffs = Vec::new();
+        loop {
+            match self.read(pos, Waker::noop()) {
+                Read::Diff(diff) => diffs.push(diff),
+                Read::Empty | Read::Closed => return Some(diffs),
+                Read::Lagged => return None,
+            }
+        }
+    }
+
     /// The diff at a subscriber's position, if any; when there is none,
     /// its `waker` is woken once one comes.
     pub(crate) fn read(&self, pos: &mut Position, waker: &Waker) -> Read<T> {

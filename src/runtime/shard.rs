@@ -483,6 +483,18 @@ impl<M: Meta> Shard<M> {
         (feed, pos)
     }
 
+    /// The shard's stream of every topic's diffs, made if nothing reads
+    /// it, and a new place in it.
+    pub(crate) fn all_feed_of(&self, s: &mut Inner<M>) -> ShardReader<M> {
+        let (queue, locks) = (self.common.queue, self.common.locks.clone());
+        let feed = s
+            .all
+            .get_or_insert_with(|| Arc::new(Feed::new(queue, locks)))
+            .clone();
+        let pos = feed.join();
+        (feed, pos)
+    }
+
     /// The visible presences under `key` on `topic`, unsorted.
     pub(crate) fn get(&self, topic: &str, key: &str) -> Vec<Presence<M>> {
         let s = self.lock();
@@ -526,40 +538,6 @@ impl<M: Meta> Shard<M> {
             presences,
             keys: s.keys.keys(topic.as_str()),
         }));
-    }
-
-    /// Every topic's visible presences, unsorted, and (to subscribe) a
-    /// place in the shard's stream of every topic's diffs, taken at the
-    /// same instant.
-    pub(crate) fn snapshot_all(
-        &self,
-        subscribe: bool,
-    ) -> (Vec<TopicPresences<M>>, Option<ShardReader<M>>) {
-        let mut s = self.lock();
-        let lists = s.all_presences();
-        let feed = subscribe.then(|| {
-            let (queue, locks) = (self.common.queue, self.common.locks.clone());
-            let feed = s
-                .all
-                .get_or_insert_with(|| Arc::new(Feed::new(queue, locks)))
-                .clone();
-            let pos = feed.join();
-            (feed, pos)
-        });
-        (lists, feed)
-    }
-
-    /// A reader of every topic's diffs that lagged: every topic's
-    /// presences now, and its position moved to the diffs after them.
-    pub(crate) fn resync_all(
-        &self,
-        feed: &ShardFeed<M>,
-        pos: &mut Position,
-    ) -> Vec<TopicPresences<M>> {
-        let s = self.lock();
-        self.common.resyncs.fetch_add(1, Ordering::Relaxed);
-        feed.skip_to_tail(pos);
-        s.all_presences()
     }
 
     /// A reader of every topic's diffs is gone.
@@ -685,7 +663,13 @@ impl<M: Meta> Inner<M> {
     }
 
     /// How many visible presences `topic` has: O(replicas shown).
-    fn visible_on(&self, topic: &str) -> usize {
+    /// How many visible presences the shard shows: O(replicas).
+    pub(crate) fn visible(&self) -> usize {
+        let shown = self.peers.values().filter(|p| p.shown);
+        self.own.len() + shown.map(|p| p.data.len()).sum::<usize>()
+    }
+
+    pub(crate) fn visible_on(&self, topic: &str) -> usize {
         let shown = self.peers.values().filter(|p| p.shown);
         self.own.count(topic) + shown.map(|p| p.data.count(topic)).sum::<usize>()
     }
@@ -700,7 +684,7 @@ impl<M: Meta> Inner<M> {
     }
 
     /// Every topic's visible presences, unsorted.
-    fn all_presences(&self) -> Vec<TopicPresences<M>> {
+    pub(crate) fn all_presences(&self) -> Vec<TopicPresences<M>> {
         let shown = self.peers.values().filter(|p| p.shown).map(|p| &*p.data);
         let mut lists: HashMap<Topic, Vec<Presence<M>>> = HashMap::new();
         for state in std::iter::once(&self.own).chain(shown) {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use super::diff::DiffBuilder;
-use super::store::{Payload, Place};
+use super::store::{Entry, Payload, Place};
 use super::{
     CounterSet, Delta, Diff, Key, Meta, Part, PartEntry, Presence, PresenceId, Removal, ReplicaId,
     State, StateError, Topic,
@@ -134,11 +134,33 @@ impl<M: Meta> State<M> {
         n: u32,
         mut visit: impl FnMut(PresenceId, &Topic, &Key),
     ) -> Option<u32> {
+        self.visit_entries(from, n, |id, topic, e| visit(id, topic, &e.payload.key))
+    }
+
+    /// The visible presences held in entry slots `from..`, with their
+    /// topics, added to `out`, as [`State::visit_slots`] visits them.
+    pub(crate) fn presences_in_slots(
+        &self,
+        from: u32,
+        n: u32,
+        out: &mut Vec<(Topic, Presence<M>)>,
+    ) -> Option<u32> {
+        self.visit_entries(from, n, |id, topic, e| {
+            out.push((topic.clone(), Presence::new(id, e.dot, e.payload.clone())));
+        })
+    }
+
+    fn visit_entries(
+        &self,
+        from: u32,
+        n: u32,
+        mut visit: impl FnMut(PresenceId, &Topic, &Entry<M>),
+    ) -> Option<u32> {
         let end = from.saturating_add(n);
         for (_, e) in self.store.entries_in(from..end) {
             if !self.slot(e.replica).hidden {
                 let id = PresenceId::new(self.slot(e.replica).id.clone(), e.pid);
-                visit(id, self.store.topic_name(e.topic), &e.payload.key);
+                visit(id, self.store.topic_name(e.topic), e);
             }
         }
         (end < self.store.slot_end()).then_some(end)

@@ -9,7 +9,8 @@ use std::time::Duration;
 use attendance::protocol::ReplicaStatus;
 use attendance::transport::MemoryNetwork;
 use attendance::{
-    Incarnation, KeyGroup, Limits, StateError, SubscriptionEvent, Tracker, TrackerError,
+    Incarnation, KeyGroup, Limits, StateError, SubscriptionEvent, TopicDiff, Tracker, TrackerError,
+    TrackerEvent,
 };
 
 mod in_memory;
@@ -133,7 +134,8 @@ async fn a_slow_subscriber_of_a_large_topic_gets_a_fresh_list_too() {
     slow_subscriber(5_000).await;
 }
 
-/// A subscriber that reads nothing while `n` presences are tracked.
+/// A subscriber and a reader of every topic that read nothing while `n`
+/// presences are tracked.
 async fn slow_subscriber(n: usize) {
     let network = MemoryNetwork::new();
     let a: T = Tracker::builder("a")
@@ -142,6 +144,7 @@ async fn slow_subscriber(n: usize) {
         .start_with(|id| network.join(id))
         .expect("starts");
     let mut sub = a.subscribe("room");
+    let mut all = a.events();
     let guards: Vec<_> = (0..n)
         .map(|i| {
             a.track("room", &format!("u{i}"), "x".into())
@@ -159,6 +162,21 @@ async fn slow_subscriber(n: usize) {
         Some(SubscriptionEvent::Resync(list)) => assert_eq!(rows(list), rows(&a.list("room"))),
         other => panic!("expected a resync, got {other:?}"),
     }
+    // The reader of every topic gets the fresh lists of the shard.
+    let mut room = None;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(1), all.next()).await {
+        match e {
+            TrackerEvent::Lists(lists) if lists.scope().contains("room") => {
+                let list = lists.lists().iter().find(|(t, _)| t.as_str() == "room");
+                room = Some(list.map_or_else(BTreeSet::new, |(_, list)| rows(list)));
+            }
+            TrackerEvent::Diff(topic, _) if topic.as_str() == "room" => {
+                panic!("a stale diff of a topic whose queue filled")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(room, Some(rows(&a.list("room"))));
     // Caught up, it gets diffs again.
     let mut guards = guards;
     drop(guards.pop());
@@ -334,36 +352,40 @@ async fn a_replica_that_moves_to_a_newer_incarnation_is_still_reached() {
 /// new, leaves and updates must find what they name.
 fn replay(view: &mut BTreeSet<(String, String, String)>, event: SubscriptionEvent<String>) {
     match event {
-        SubscriptionEvent::Diff(d) => {
-            for p in d.leaves() {
-                let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
-                assert!(
-                    view.remove(&row),
-                    "a leave of a presence not listed: {row:?}"
-                );
-            }
-            for u in d.updates() {
-                let old = (
-                    u.key().to_string(),
-                    u.id().to_string(),
-                    u.old_meta().clone(),
-                );
-                assert!(
-                    view.remove(&old),
-                    "an update of a presence not listed: {old:?}"
-                );
-                view.insert((u.key().to_string(), u.id().to_string(), u.meta().clone()));
-            }
-            for p in d.joins() {
-                let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
-                assert!(
-                    view.insert(row.clone()),
-                    "a join of a presence listed: {row:?}"
-                );
-            }
-        }
+        SubscriptionEvent::Diff(d) => apply(view, &d),
         SubscriptionEvent::Resync(list) => *view = rows(&list),
         other => panic!("unexpected event {other:?}"),
+    }
+}
+
+/// Applies one diff to a list, which must hold what it removes and not
+/// what it adds.
+fn apply(view: &mut BTreeSet<(String, String, String)>, d: &TopicDiff<String>) {
+    for p in d.leaves() {
+        let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
+        assert!(
+            view.remove(&row),
+            "a leave of a presence not listed: {row:?}"
+        );
+    }
+    for u in d.updates() {
+        let old = (
+            u.key().to_string(),
+            u.id().to_string(),
+            u.old_meta().clone(),
+        );
+        assert!(
+            view.remove(&old),
+            "an update of a presence not listed: {old:?}"
+        );
+        view.insert((u.key().to_string(), u.id().to_string(), u.meta().clone()));
+    }
+    for p in d.joins() {
+        let row = (p.key().to_string(), p.id().to_string(), p.meta().clone());
+        assert!(
+            view.insert(row.clone()),
+            "a join of a presence listed: {row:?}"
+        );
     }
 }
 
@@ -513,9 +535,10 @@ async fn subscribing_to_a_large_topic_while_other_threads_write_misses_and_repea
 
 /// Subscribes to a topic with `stable` presences that stay (two threads
 /// update them) and more that the threads track, update and untrack
-/// meanwhile. Each subscription is then checked with the writers paused:
-/// its list and diffs replay to the list now, and no list misses a
-/// presence that stays or shows one twice.
+/// meanwhile, and every other round starts the stream of every topic
+/// too. Each is then checked with the writers paused: its list and diffs
+/// replay to the list now, and no list misses a presence that stays or
+/// shows one twice.
 async fn subscribe_amid_writes(stable: usize) {
     use std::sync::Arc;
     use tokio::sync::RwLock;
@@ -581,6 +604,8 @@ async fn subscribe_amid_writes(stable: usize) {
             no_repeats(&a.list("room"));
         }
         let mut sub = a.subscribe("room");
+        // The stream of every topic, started beside it every other round.
+        let mut events = (round % 2 == 0).then(|| a.events());
         let paused = pause.write().await;
         no_repeats(sub.list());
         let mut view = rows(sub.list());
@@ -592,7 +617,28 @@ async fn subscribe_amid_writes(stable: usize) {
             }
             replay(&mut view, event);
         }
-        assert_eq!(view, rows(&a.list("room")), "round {round}");
+        let live = rows(&a.list("room"));
+        assert_eq!(view, live, "round {round}");
+        if let Some(events) = &mut events {
+            let mut view = BTreeSet::new();
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(20), events.next()).await
+            {
+                match event {
+                    TrackerEvent::Lists(lists) if lists.scope().contains("room") => {
+                        let room = lists.lists().iter().find(|(t, _)| t.as_str() == "room");
+                        let list = room.map_or(&[][..], |(_, list)| list);
+                        no_repeats(list);
+                        view = rows(list);
+                    }
+                    TrackerEvent::Diff(topic, d) if topic.as_str() == "room" => {
+                        apply(&mut view, &d)
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(view, live, "events, round {round}");
+        }
         drop(paused);
         std::thread::sleep(Duration::from_micros(200));
     }
