@@ -8,6 +8,8 @@
 //! runtime grow_one_topic presences=1000000 max_lock_hold_us=N
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=multi_thread
 //! runtime track_latency_during_catchup p50_us=N p99_us=N max_us=N catchup_ms=N flavor=current_thread
+//! runtime hide_replica presences=1000000 after_cut_ms=N max_lock_hold_us=N flavor=multi_thread
+//! runtime hide_replica presences=1000000 after_cut_ms=N max_lock_hold_us=N flavor=current_thread
 //! runtime track_latency_during_list p50_us=N p99_us=N
 //! runtime track_untrack_threads threads=1 ops_per_sec=N
 //! runtime track_untrack_threads threads=2 ops_per_sec=N
@@ -42,6 +44,10 @@
 //!   then dropped. The window runs from B's start until 200 ms after B
 //!   lists all of A's presences; `catchup_ms` is B's start to that list.
 //!   On a multi-thread (2 workers) and a current-thread runtime.
+//! - `hide_replica`: then A is cut off from B; `after_cut_ms` runs until B
+//!   lists none of A's presences (A is down after 20 periods), and
+//!   `max_lock_hold_us` is B's longest lock hold meanwhile. Not in
+//!   `max_lock_hold_us` below, which keeps the runs it always had.
 //! - `track_latency_during_list`: one replica holds 100,000 presences on
 //!   topic B; a task lists B in a loop while another tracks on topic A
 //!   every millisecond for 2 s, each followed by a list of A. Each track
@@ -284,6 +290,20 @@ fn during_catchup(runtime: &Runtime, flavor: &str) -> Holds {
             catchup.as_millis()
         );
         let held = holds(&[&a, &b]);
+
+        // A goes silent: B hides its presences once A is down.
+        b.reset_longest_lock_hold();
+        network.cut("node-local", "node-remote");
+        let cut = Instant::now();
+        while b.count(BIG) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(cut.elapsed() < Duration::from_secs(60), "B hid A");
+        }
+        println!(
+            "runtime hide_replica presences={HELD} after_cut_ms={} max_lock_hold_us={} flavor={flavor}",
+            cut.elapsed().as_millis(),
+            holds(&[&b]).0.as_micros()
+        );
         b.shutdown().await;
         a.shutdown().await;
         drop(guards);

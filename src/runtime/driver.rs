@@ -129,7 +129,8 @@ fn refused<M: Meta>(driven: &mut Driven<M>, from: &ReplicaId, error: &dyn std::f
 }
 
 /// Runs `f` on the node under its lock, then hands its events out, and
-/// returns what it wants sent. Garbage is freed after the lock.
+/// returns what it wants sent. After the lock, the peers it decided to
+/// show, hide or drop with large diffs are changed, and garbage is freed.
 fn with_node<M, R>(
     shared: &Arc<Shared<M>>,
     f: impl FnOnce(&mut Driven<M>, std::time::Duration) -> R,
@@ -137,7 +138,7 @@ fn with_node<M, R>(
 where
     M: Meta + Send + Sync + 'static,
 {
-    let (outgoing, garbage, woken) = {
+    let (outgoing, mut garbage, mut woken, deferred) = {
         let mut driven = shared.lock();
         let now = shared.now();
         f(&mut driven, now);
@@ -146,8 +147,15 @@ where
             .map(|t| (t.destination, Bytes::from(t.bytes)))
             .collect();
         let store = driven.node.state_mut();
-        (outgoing, store.take_garbage(), store.take_woken())
+        let deferred = store.take_deferred();
+        (outgoing, store.take_garbage(), store.take_woken(), deferred)
     };
+    // Before anything else changes the peers they name.
+    for change in deferred {
+        let (wake, freed) = change.run();
+        woken.absorb(wake);
+        garbage.extend(freed);
+    }
     if woken.counting {
         let shards = shared.shards.clone();
         drop(tokio::task::spawn_blocking(move || {

@@ -28,12 +28,16 @@ use std::sync::Arc;
 
 use super::feed::Wake;
 use super::shard::{Common, Peer, Shard, shard_of};
+
+mod visibility;
+
 use crate::protocol::{Built, LocalChanges, ReplicaStore, Sealed};
 use crate::state::HeldEntry;
 use crate::{
     CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation, ReplicaId,
     ReplicaName, State, StateError, TopicDiff,
 };
+pub(crate) use visibility::Deferred;
 
 /// Changes of another replica with at least this many entries are made
 /// outside the locks; so are those of a hidden replica holding this many
@@ -103,6 +107,8 @@ pub(crate) struct Store<M> {
     /// The last counter handed to the node to broadcast.
     broadcast: u64,
     woken: Wake<M>,
+    /// Peers to show, hide or drop once the node's lock is let go.
+    deferred: Vec<Deferred<M>>,
 }
 
 impl<M> Sealed for Store<M> {}
@@ -122,6 +128,7 @@ impl<M: Meta> Store<M> {
             garbage: Vec::new(),
             broadcast: 0,
             woken: Wake::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -399,55 +406,7 @@ impl<M: Meta> Store<M> {
             .collect();
         for replica in gone {
             self.held.remove(&replica);
-            for shard in self.shards.clone().iter() {
-                let mut wake = Wake::new();
-                let old = {
-                    let mut s = shard.lock();
-                    let old = s.peers.remove(&replica);
-                    if let Some(peer) = &old
-                        && peer.shown
-                    {
-                        let leaves = peer.data.everything_as(true);
-                        s.publish(leaves, &mut wake);
-                    }
-                    old
-                };
-                if let Some(old) = old {
-                    self.garbage.push(Garbage::State(old.data));
-                }
-                self.after_unlock(wake);
-            }
-        }
-    }
-
-    /// Shows or hides a replica's presences in every shard.
-    fn set_shown(&mut self, replica: &ReplicaId, shown: bool) {
-        if !self.held.contains(replica) {
-            return;
-        }
-        for shard in self.shards.clone().iter() {
-            let mut wake = Wake::new();
-            {
-                let mut s = shard.lock();
-                let Some(peer) = s.peers.get_mut(replica) else {
-                    continue;
-                };
-                if peer.shown == shown {
-                    continue;
-                }
-                peer.shown = shown;
-                let diff = match peer.joins.take() {
-                    Some(joins) if shown => joins,
-                    kept => {
-                        if let Some(joins) = kept {
-                            self.garbage.push(Garbage::Diff(joins));
-                        }
-                        peer.data.everything_as(!shown)
-                    }
-                };
-                s.publish(diff, &mut wake);
-            }
-            self.after_unlock(wake);
+            self.drop_peer(&replica);
         }
     }
 }

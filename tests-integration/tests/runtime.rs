@@ -195,6 +195,49 @@ async fn a_graceful_shutdown_drops_the_replica_everywhere_at_once() {
     assert_eq!(b.count("room"), 0, "gone without waiting for down_period");
 }
 
+/// A replica with more presences in a shard than are made visible or
+/// invisible under the node's lock (2,048) goes down, comes back and
+/// leaves: a subscriber's list and diffs follow it at every step.
+#[tokio::test(start_paused = true)]
+async fn a_large_replica_hidden_shown_and_dropped_keeps_subscribers_in_step() {
+    const HELD: usize = 5_000;
+    let network = MemoryNetwork::new();
+    let (a, b) = (start(&network, "a"), start(&network, "b"));
+    let mut sub = b.subscribe("room");
+    let mut view = rows(sub.list());
+    let _guards: Vec<_> = (0..HELD)
+        .map(|i| {
+            a.track("room", &format!("u{i}"), "x".into())
+                .expect("tracks")
+        })
+        .collect();
+    let mut follow = async |count: usize, step: &str| {
+        for _ in 0..100 {
+            periods(1).await;
+            while let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_millis(1), sub.next()).await
+            {
+                replay(&mut view, event);
+            }
+            if b.count("room") == count && view == rows(&b.list("room")) {
+                return;
+            }
+        }
+        panic!(
+            "{step}: {} listed, the subscriber has {}",
+            b.count("room"),
+            view.len()
+        );
+    };
+    follow(HELD, "caught up").await;
+    network.cut("a", "b");
+    follow(0, "a is down").await;
+    network.heal();
+    follow(HELD, "a is back").await;
+    a.shutdown().await;
+    follow(0, "a left").await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn replicas_cut_apart_converge_through_a_third_and_partitions_heal() {
     let network = MemoryNetwork::new();

@@ -1,0 +1,178 @@
+//! Showing, hiding and dropping another replica's presences in the shards.
+//!
+//! Each change is published with a diff of every presence the replica has
+//! in the shard (joins or leaves), under the shard's lock together with
+//! the change, so that lists and diffs agree. That diff is O(its
+//! presences there): 1,000,000 leaves take some 40 ms to build. For a
+//! replica with more than [`BUILD_APART`] presences in a shard, the change
+//! is deferred: the driver runs it ([`Deferred::run`]) as soon as it lets
+//! go of the node's lock, before it does anything else. Only the driver
+//! changes peers, so the peer is still as it was when the change was
+//! decided; the diff is built outside every lock, and the shard's lock is
+//! taken only to make the change and publish it.
+
+use std::sync::Arc;
+
+use super::{Garbage, Store};
+use crate::runtime::feed::Wake;
+use crate::runtime::shard::Shard;
+use crate::{Diff, Meta, ReplicaId, State};
+
+/// A replica with more presences than this in a shard is shown, hidden
+/// or dropped there after the node's lock is let go.
+const BUILD_APART: usize = 2048;
+
+/// A change of one peer in one shard, made once the node's lock is let go.
+pub(crate) struct Deferred<M> {
+    shard: Arc<Shard<M>>,
+    replica: ReplicaId,
+    /// The peer's state when the change was decided.
+    data: Arc<State<M>>,
+    change: Change<M>,
+}
+
+enum Change<M> {
+    /// Show it, with its presences as joins if they were made already.
+    Show(Option<Diff<M>>),
+    /// Hide it; the joins made for showing it are not needed.
+    Hide(Option<Diff<M>>),
+    /// Drop it from the shard (it was shown).
+    Drop,
+}
+
+impl<M: Meta> Store<M> {
+    /// Shows or hides a replica's presences in every shard.
+    pub(super) fn set_shown(&mut self, replica: &ReplicaId, shown: bool) {
+        if !self.held.contains(replica) {
+            return;
+        }
+        for shard in self.shards.clone().iter() {
+            let mut wake = Wake::new();
+            {
+                let mut s = shard.lock();
+                let Some(peer) = s.peers.get_mut(replica) else {
+                    continue;
+                };
+                if peer.shown == shown {
+                    continue;
+                }
+                let joins = peer.joins.take();
+                if peer.data.len() > BUILD_APART {
+                    self.deferred.push(Deferred {
+                        shard: Arc::clone(shard),
+                        replica: replica.clone(),
+                        data: Arc::clone(&peer.data),
+                        change: if shown {
+                            Change::Show(joins)
+                        } else {
+                            Change::Hide(joins)
+                        },
+                    });
+                    continue;
+                }
+                peer.shown = shown;
+                let diff = match joins {
+                    Some(joins) if shown => joins,
+                    kept => {
+                        if let Some(joins) = kept {
+                            self.garbage.push(Garbage::Diff(joins));
+                        }
+                        peer.data.everything_as(!shown)
+                    }
+                };
+                s.publish(diff, &mut wake);
+            }
+            self.after_unlock(wake);
+        }
+    }
+
+    /// Drops a replica's peer state from every shard, with leaves where
+    /// it was shown.
+    pub(super) fn drop_peer(&mut self, replica: &ReplicaId) {
+        for shard in self.shards.clone().iter() {
+            let mut wake = Wake::new();
+            let old = {
+                let mut s = shard.lock();
+                let large = s
+                    .peers
+                    .get(replica)
+                    .filter(|p| p.shown && p.data.len() > BUILD_APART);
+                if let Some(peer) = large {
+                    self.deferred.push(Deferred {
+                        shard: Arc::clone(shard),
+                        replica: replica.clone(),
+                        data: Arc::clone(&peer.data),
+                        change: Change::Drop,
+                    });
+                    continue;
+                }
+                let old = s.peers.remove(replica);
+                if let Some(peer) = &old
+                    && peer.shown
+                {
+                    let leaves = peer.data.everything_as(true);
+                    s.publish(leaves, &mut wake);
+                }
+                old
+            };
+            if let Some(old) = old {
+                self.garbage.push(Garbage::State(old.data));
+            }
+            self.after_unlock(wake);
+        }
+    }
+
+    /// The changes to run once the node's lock is let go, in order.
+    pub(crate) fn take_deferred(&mut self) -> Vec<Deferred<M>> {
+        std::mem::take(&mut self.deferred)
+    }
+}
+
+impl<M: Meta> Deferred<M> {
+    /// Builds the diff outside the locks, then makes the change and
+    /// publishes it under the shard's lock; returns whom it woke and what
+    /// to free.
+    pub(crate) fn run(self) -> (Wake<M>, Vec<Garbage<M>>) {
+        let Self {
+            shard,
+            replica,
+            data,
+            change,
+        } = self;
+        let mut garbage = Vec::new();
+        let (diff, shown) = match change {
+            Change::Show(Some(joins)) => (joins, Some(true)),
+            Change::Show(None) => (data.everything_as(false), Some(true)),
+            Change::Hide(joins) => {
+                garbage.extend(joins.map(Garbage::Diff));
+                (data.everything_as(true), Some(false))
+            }
+            Change::Drop => (data.everything_as(true), None),
+        };
+        // No copy stays out: a later merge in place must not copy it.
+        drop(data);
+        let mut wake = Wake::new();
+        {
+            let mut s = shard.lock();
+            let changed = match (shown, s.peers.get_mut(&replica)) {
+                (Some(shown), Some(peer)) => {
+                    peer.shown = shown;
+                    true
+                }
+                (None, Some(_)) => {
+                    garbage.extend(s.peers.remove(&replica).map(|old| Garbage::State(old.data)));
+                    true
+                }
+                (_, None) => false,
+            };
+            if changed {
+                s.publish(diff, &mut wake);
+            } else {
+                garbage.push(Garbage::Diff(diff));
+            }
+        }
+        let unwanted = std::mem::take(&mut wake.unwanted);
+        garbage.extend(unwanted.into_iter().map(Garbage::Topic));
+        (wake, garbage)
+    }
+}
