@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::events::ReplicaEvent;
-use super::store::{Garbage, build, prepare};
+use super::store::{Deferred, Garbage, build, prepare};
 use super::{Command, Driven, Shared};
 use crate::protocol::{Built, Destination, Event, Work, decode};
 use crate::transport::{Transport, TransportEvent};
@@ -64,7 +64,7 @@ pub(crate) async fn drive<M, T>(
                 let Some(event) = event else {
                     tracing::warn!("transport closed");
                     // Through `with_node`: subscribers are woken to their end.
-                    drop(with_node(&shared, |driven, _| shared.stop(driven)));
+                    drop(with_node(&shared, |driven, _| shared.stop(driven)).await);
                     return;
                 };
                 on_event(&shared, event).await
@@ -72,7 +72,7 @@ pub(crate) async fn drive<M, T>(
             () = tokio::time::sleep_until(deadline) => {
                 #[cfg(feature = "metrics")]
                 exporter.tick(&shared);
-                with_node(&shared, |driven, now| driven.node.handle_timeout(now))
+                with_node(&shared, |driven, now| driven.node.handle_timeout(now)).await
             }
         };
         send(&mut transport, outgoing);
@@ -85,11 +85,14 @@ where
     M: Meta + Send + Sync + 'static,
 {
     match event {
-        TransportEvent::Connected(peer) => with_node(shared, |driven, now| {
-            tracing::debug!(%peer, "link up");
-            driven.peers_up += 1;
-            driven.node.peer_connected(now, peer);
-        }),
+        TransportEvent::Connected(peer) => {
+            with_node(shared, |driven, now| {
+                tracing::debug!(%peer, "link up");
+                driven.peers_up += 1;
+                driven.node.peer_connected(now, peer);
+            })
+            .await
+        }
         TransportEvent::Message { from, bytes } => {
             let max = shared.max_message_bytes;
             let len = bytes.len();
@@ -107,12 +110,16 @@ where
                     refused(driven, &from, &error);
                 }
             })
+            .await
         }
-        TransportEvent::LinkLost(peer) => with_node(shared, |driven, now| {
-            tracing::debug!(%peer, "link lost");
-            driven.peers_up = driven.peers_up.saturating_sub(1);
-            driven.node.link_lost(now, &peer);
-        }),
+        TransportEvent::LinkLost(peer) => {
+            with_node(shared, |driven, now| {
+                tracing::debug!(%peer, "link lost");
+                driven.peers_up = driven.peers_up.saturating_sub(1);
+                driven.node.link_lost(now, &peer);
+            })
+            .await
+        }
     }
 }
 
@@ -131,7 +138,7 @@ fn refused<M: Meta>(driven: &mut Driven<M>, from: &ReplicaId, error: &dyn std::f
 /// Runs `f` on the node under its lock, then hands its events out, and
 /// returns what it wants sent. After the lock, the peers it decided to
 /// show, hide or drop with large diffs are changed, and garbage is freed.
-fn with_node<M, R>(
+async fn with_node<M, R>(
     shared: &Arc<Shared<M>>,
     f: impl FnOnce(&mut Driven<M>, std::time::Duration) -> R,
 ) -> Outgoing
@@ -150,11 +157,16 @@ where
         let deferred = store.take_deferred();
         (outgoing, store.take_garbage(), store.take_woken(), deferred)
     };
-    // Before anything else changes the peers they name.
-    for change in deferred {
-        let (wake, freed) = change.run();
-        woken.absorb(wake);
-        garbage.extend(freed);
+    if !deferred.is_empty() {
+        // On a blocking thread, and waited for: nothing changes the peers
+        // they name meanwhile, as only this task does.
+        let run = move || deferred.into_iter().map(Deferred::run).collect::<Vec<_>>();
+        if let Ok(done) = tokio::task::spawn_blocking(run).await {
+            for (wake, freed) in done {
+                woken.absorb(wake);
+                garbage.extend(freed);
+            }
+        }
     }
     if woken.counting {
         let shards = shared.shards.clone();
@@ -257,9 +269,12 @@ where
             Work::Broadcast(work) => {
                 let encoded = tokio::task::spawn_blocking(move || work.encode()).await;
                 match encoded {
-                    Ok((to, messages)) => with_node(shared, |driven, _| {
-                        driven.node.finish_broadcast(to, messages);
-                    }),
+                    Ok((to, messages)) => {
+                        with_node(shared, |driven, _| {
+                            driven.node.finish_broadcast(to, messages);
+                        })
+                        .await
+                    }
                     Err(_) => Vec::new(),
                 }
             }
@@ -312,6 +327,7 @@ where
             refused(driven, &holder, &error);
         }
     })
+    .await
 }
 
 /// A catch-up request: its parts read from the shards and encoded outside
@@ -344,7 +360,7 @@ where
         work.encode(parts, declined)
     });
     match building.await {
-        Ok(answer) => with_node(shared, |driven, now| driven.node.finish_serve(now, answer)),
+        Ok(answer) => with_node(shared, |driven, now| driven.node.finish_serve(now, answer)).await,
         Err(_) => Vec::new(),
     }
 }
@@ -358,7 +374,8 @@ where
     let outgoing = with_node(shared, |driven, now| {
         driven.node.leave(now);
         shared.stop(driven);
-    });
+    })
+    .await;
     send(transport, outgoing);
     transport.close().await;
     tracing::info!("tracker stopped");

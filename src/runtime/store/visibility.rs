@@ -5,11 +5,12 @@
 //! the change, so that lists and diffs agree. That diff is O(its
 //! presences there): 1,000,000 leaves take some 40 ms to build. For a
 //! replica with more than [`BUILD_APART`] presences in a shard, the change
-//! is deferred: the driver runs it ([`Deferred::run`]) as soon as it lets
-//! go of the node's lock, before it does anything else. Only the driver
-//! changes peers, so the peer is still as it was when the change was
-//! decided; the diff is built outside every lock, and the shard's lock is
-//! taken only to make the change and publish it.
+//! is deferred: the driver runs it ([`Deferred::run`]) on a blocking
+//! thread as soon as it lets go of the node's lock, and waits for it
+//! before it does anything else. Only the driver changes peers, so the
+//! peer is still as it was when the change was decided; the diff is built
+//! outside every lock, and the shard's lock is taken only to make the
+//! change and publish it.
 
 use std::sync::Arc;
 
