@@ -19,7 +19,6 @@ mod limits;
 mod merge;
 mod reference;
 mod replica;
-mod segments;
 mod serial;
 #[cfg(feature = "runtime")]
 mod sharding;

@@ -112,10 +112,11 @@ impl<M: Meta> State<M> {
         out: &mut Vec<Presence<M>>,
     ) -> Option<usize> {
         let t = self.store.topic_index(topic)?;
-        let members = self.store.member_count(t);
-        let high = below.map_or(members, |b| b.min(members));
+        let members = self.store.member_slots(t);
+        let high = below.map_or(members.len(), |b| b.min(members.len()));
         let low = high.saturating_sub(n);
-        for e in self.store.members_at(t, low..high) {
+        for &slot in &members[low..high] {
+            let e = self.store.entry(slot);
             if !self.slot(e.replica).hidden {
                 let id = PresenceId::new(self.slot(e.replica).id.clone(), e.pid);
                 out.push(Presence::new(id, e.dot, e.payload.clone()));

@@ -1,7 +1,6 @@
 //! Where presences live, and the indexes that find them without scanning.
 //!
-//! Entries sit in one slab (stored in segments, so that growing it never
-//! copies them). Three small indexes point into it by slot number:
+//! Entries sit in one slab. Three small indexes point into it by slot number:
 //! per replica by dot (so a delta's removals are found in O(1) each), by
 //! `(topic, key)` (so updates and `get` are O(presences of the key)), and per
 //! topic the list of its members (so `list` and `count` touch one topic
@@ -16,7 +15,6 @@ use std::sync::Arc;
 use hashbrown::{DefaultHashBuilder, HashMap};
 
 use super::index::SlotIndex;
-use super::segments::Segmented;
 use super::slab::Slab;
 use super::{Key, Topic};
 
@@ -71,7 +69,7 @@ pub(crate) struct Pending {
 #[derive(Clone, Debug)]
 struct TopicSlot {
     name: Topic,
-    members: Segmented<Slot>,
+    members: Vec<Slot>,
     visible: usize,
 }
 
@@ -150,7 +148,7 @@ impl<M> Store<M> {
         }
         let slot = TopicSlot {
             name: topic.clone(),
-            members: Segmented::default(),
+            members: Vec::new(),
             visible: 0,
         };
         let index = self.topics.insert(slot);
@@ -184,22 +182,10 @@ impl<M> Store<M> {
         self.slots.end()
     }
 
-    /// How many members a topic has.
-    pub(crate) fn member_count(&self, topic: u32) -> usize {
-        self.topic(topic).members.len()
-    }
-
-    /// The entries of a topic's members at positions `range`. A member
-    /// removed is replaced by the last one; new members go last.
-    pub(crate) fn members_at(
-        &self,
-        topic: u32,
-        range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = &Entry<M>> {
-        self.topic(topic)
-            .members
-            .range(range)
-            .map(|&slot| live(&self.slots, slot))
+    /// The slots of a topic's members. A member removed is replaced by
+    /// the last one; new members go last.
+    pub(crate) fn member_slots(&self, topic: u32) -> &[Slot] {
+        &self.topic(topic).members
     }
 
     pub(crate) fn topic_members(&self, topic: u32) -> impl Iterator<Item = &Entry<M>> {
