@@ -14,6 +14,9 @@ use super::frame::{self, Framer};
 use super::subject::Stream;
 use crate::transport::TransportError;
 
+/// Rounds of probes before the start fails, within `connect_timeout`.
+const ATTEMPTS: u32 = 2;
+
 /// Runs the check. `main_probed` turns true per stream when the main
 /// connection received the second one's probe; `send_main_probe` has the
 /// main connection send its own.
@@ -21,7 +24,7 @@ pub(crate) async fn check(
     shared: &Shared,
     nonce: &Bytes,
     mut main_probed: watch::Receiver<[bool; 3]>,
-    send_main_probe: impl FnOnce(),
+    send_main_probe: impl Fn(),
 ) -> Result<(), TransportError> {
     let options = broker::base_options(shared)
         .await?
@@ -30,28 +33,30 @@ pub(crate) async fn check(
     let subs = broker::subscribe(shared, &second).await?;
     // The second connection listens before the main one speaks.
     let _ = tokio::time::timeout(shared.config.connect_timeout, second.flush()).await;
-    send_main_probe();
     let subjects = &shared.subjects;
     let me = subjects.my_token();
     let mut framer = Framer::new(&shared.me, shared.key.clone());
-    for (stream, subject, reply) in subjects.own() {
-        for f in framer
-            .frames(stream, &subject, true, nonce, 1 << 16)
-            .into_iter()
-            .flatten()
-        {
-            // A refusal shows as a probe that never arrives.
-            let _ = match &reply {
-                Some(reply) => {
-                    second
-                        .publish_with_reply(subject.clone(), reply.clone(), f)
-                        .await
-                }
-                None => second.publish(subject.clone(), f).await,
-            };
+    let mut send_probes = async || {
+        send_main_probe();
+        for (stream, subject, reply) in subjects.own() {
+            for f in framer
+                .frames(stream, &subject, true, nonce, 1 << 16)
+                .into_iter()
+                .flatten()
+            {
+                // A refusal shows as a probe that never arrives.
+                let _ = match &reply {
+                    Some(reply) => {
+                        second
+                            .publish_with_reply(subject.clone(), reply.clone(), f)
+                            .await
+                    }
+                    None => second.publish(subject.clone(), f).await,
+                };
+            }
         }
-    }
-    let _ = tokio::time::timeout(shared.config.connect_timeout, second.flush()).await;
+        let _ = tokio::time::timeout(shared.config.connect_timeout, second.flush()).await;
+    };
 
     let (second_probed, heard) = watch::channel([false; 3]);
     let [bcast, rpc, inbox] = subs;
@@ -69,6 +74,7 @@ pub(crate) async fn check(
             }
         }
     };
+    tokio::pin!(listen);
     let mut errors = shared.server_error.subscribe();
     let mut heard_all = heard.clone();
     let refused = |e: &Option<String>| {
@@ -76,20 +82,28 @@ pub(crate) async fn check(
             .is_some_and(|e| e.to_ascii_lowercase().contains("permissions violation"))
     };
     let all = |p: &[bool; 3]| p.iter().all(|b| *b);
-    // Each borrow ends at once: the channels' senders must never wait.
-    let both = async {
-        let main = async { main_probed.wait_for(all).await.is_ok() };
-        let second = async { heard_all.wait_for(all).await.is_ok() };
-        let (a, b) = tokio::join!(main, second);
-        a && b
-    };
-    tokio::select! {
-        ok = both => if ok {
-            return Ok(());
-        },
-        () = listen => {}
-        _ = errors.wait_for(refused) => {}
-        () = tokio::time::sleep(shared.config.connect_timeout) => {}
+    // NATS delivers at most once: probes that did not arrive, with no
+    // refusal from the server, are sent again before the start fails.
+    let wait = shared.config.connect_timeout / ATTEMPTS;
+    for _ in 0..ATTEMPTS {
+        send_probes().await;
+        // Each borrow ends at once: the channels' senders must never wait.
+        let both = async {
+            let main = async { main_probed.wait_for(all).await.is_ok() };
+            let second = async { heard_all.wait_for(all).await.is_ok() };
+            let (a, b) = tokio::join!(main, second);
+            a && b
+        };
+        tokio::select! {
+            ok = both => if ok {
+                return Ok(());
+            } else {
+                break;
+            },
+            () = &mut listen => break,
+            _ = errors.wait_for(refused) => break,
+            () = tokio::time::sleep(wait) => {}
+        }
     }
     let error = shared.server_error.borrow().clone();
     // The server names the subject in quotes.
