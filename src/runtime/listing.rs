@@ -94,9 +94,7 @@ impl<M: Meta> Shard<M> {
         }
         list.into_values().collect()
     }
-}
 
-impl<M: Meta> Shard<M> {
     /// Every topic's visible presences, unsorted, and (to subscribe) a
     /// place in the shard's stream of every topic's diffs right after
     /// them; a large shard is read in slices (see the module docs).

@@ -211,6 +211,7 @@ impl<M: Meta> Store<M> {
 
     /// Merges `delta`, or re-admits from it; see the module docs.
     fn apply(&mut self, delta: Delta<M>, readmit: bool) -> Result<Diff<M>, StateError> {
+        self.flush_deferred();
         let own = self.id.name().clone();
         let replicas: Vec<ReplicaId> = delta
             .replicas()

@@ -10,7 +10,9 @@
 //! before it does anything else. Only the driver changes peers, so the
 //! peer is still as it was when the change was decided; the diff is built
 //! outside every lock, and the shard's lock is taken only to make the
-//! change and publish it.
+//! change and publish it. A later change of peers within the same call of
+//! the node makes the deferred ones first, in order
+//! ([`Store::flush_deferred`]).
 
 use std::sync::Arc;
 
@@ -42,8 +44,19 @@ enum Change<M> {
 }
 
 impl<M: Meta> Store<M> {
+    /// Makes the changes deferred so far, here and now: a later change of
+    /// a peer within the same call of the node must find them made.
+    pub(super) fn flush_deferred(&mut self) {
+        for change in std::mem::take(&mut self.deferred) {
+            let (wake, freed) = change.run();
+            self.garbage.extend(freed);
+            self.woken.absorb(wake);
+        }
+    }
+
     /// Shows or hides a replica's presences in every shard.
     pub(super) fn set_shown(&mut self, replica: &ReplicaId, shown: bool) {
+        self.flush_deferred();
         if !self.held.contains(replica) {
             return;
         }
@@ -90,6 +103,7 @@ impl<M: Meta> Store<M> {
     /// Drops a replica's peer state from every shard, with leaves where
     /// it was shown.
     pub(super) fn drop_peer(&mut self, replica: &ReplicaId) {
+        self.flush_deferred();
         for shard in self.shards.clone().iter() {
             let mut wake = Wake::new();
             let old = {
