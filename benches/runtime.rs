@@ -45,9 +45,9 @@
 //!   lists all of A's presences; `catchup_ms` is B's start to that list.
 //!   On a multi-thread (2 workers) and a current-thread runtime.
 //! - `hide_replica`: then A is cut off from B; `after_cut_ms` runs until B
-//!   lists none of A's presences (A is down after 20 periods), and
-//!   `max_lock_hold_us` is B's longest lock hold meanwhile. Not in
-//!   `max_lock_hold_us` below, which keeps the runs it always had.
+//!   lists none of A's presences, and `max_lock_hold_us` is B's longest
+//!   lock hold meanwhile. Not in `max_lock_hold_us` below, which keeps
+//!   the runs it always had.
 //! - `track_latency_during_list`: one replica holds 100,000 presences on
 //!   topic B; a task lists B in a loop while another tracks on topic A
 //!   every millisecond for 2 s, each followed by a list of A. Each track
