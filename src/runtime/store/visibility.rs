@@ -48,9 +48,24 @@ impl<M: Meta> Store<M> {
     /// a peer within the same call of the node must find them made.
     pub(super) fn flush_deferred(&mut self) {
         for change in std::mem::take(&mut self.deferred) {
-            let (wake, freed) = change.run();
-            self.garbage.extend(freed);
-            self.woken.absorb(wake);
+            self.make(change);
+        }
+    }
+
+    /// Makes a change now.
+    fn make(&mut self, change: Deferred<M>) {
+        let (wake, freed) = change.run();
+        self.garbage.extend(freed);
+        self.after_unlock(wake);
+    }
+
+    /// Makes a change now if its diff is small, or once the node's lock
+    /// is let go.
+    fn make_or_defer(&mut self, change: Deferred<M>) {
+        if change.data.len() > BUILD_APART {
+            self.deferred.push(change);
+        } else {
+            self.make(change);
         }
     }
 
@@ -61,8 +76,7 @@ impl<M: Meta> Store<M> {
             return;
         }
         for shard in self.shards.clone().iter() {
-            let mut wake = Wake::new();
-            {
+            let change = {
                 let mut s = shard.lock();
                 let Some(peer) = s.peers.get_mut(replica) else {
                     continue;
@@ -71,32 +85,18 @@ impl<M: Meta> Store<M> {
                     continue;
                 }
                 let joins = peer.joins.take();
-                if peer.data.len() > BUILD_APART {
-                    self.deferred.push(Deferred {
-                        shard: Arc::clone(shard),
-                        replica: replica.clone(),
-                        data: Arc::clone(&peer.data),
-                        change: if shown {
-                            Change::Show(joins)
-                        } else {
-                            Change::Hide(joins)
-                        },
-                    });
-                    continue;
+                Deferred {
+                    shard: Arc::clone(shard),
+                    replica: replica.clone(),
+                    data: Arc::clone(&peer.data),
+                    change: if shown {
+                        Change::Show(joins)
+                    } else {
+                        Change::Hide(joins)
+                    },
                 }
-                peer.shown = shown;
-                let diff = match joins {
-                    Some(joins) if shown => joins,
-                    kept => {
-                        if let Some(joins) = kept {
-                            self.garbage.push(Garbage::Diff(joins));
-                        }
-                        peer.data.everything_as(!shown)
-                    }
-                };
-                s.publish(diff, &mut wake);
-            }
-            self.after_unlock(wake);
+            };
+            self.make_or_defer(change);
         }
     }
 
@@ -105,35 +105,27 @@ impl<M: Meta> Store<M> {
     pub(super) fn drop_peer(&mut self, replica: &ReplicaId) {
         self.flush_deferred();
         for shard in self.shards.clone().iter() {
-            let mut wake = Wake::new();
-            let old = {
+            let change = {
                 let mut s = shard.lock();
-                let large = s
-                    .peers
-                    .get(replica)
-                    .filter(|p| p.shown && p.data.len() > BUILD_APART);
-                if let Some(peer) = large {
-                    self.deferred.push(Deferred {
-                        shard: Arc::clone(shard),
-                        replica: replica.clone(),
-                        data: Arc::clone(&peer.data),
-                        change: Change::Drop,
-                    });
-                    continue;
+                let data = match s.peers.get(replica) {
+                    None => continue,
+                    Some(peer) if peer.shown => Arc::clone(&peer.data),
+                    Some(_) => {
+                        // Hidden: nothing listed leaves.
+                        let old = s.peers.remove(replica);
+                        drop(s);
+                        self.garbage.extend(old.map(|old| Garbage::State(old.data)));
+                        continue;
+                    }
+                };
+                Deferred {
+                    shard: Arc::clone(shard),
+                    replica: replica.clone(),
+                    data,
+                    change: Change::Drop,
                 }
-                let old = s.peers.remove(replica);
-                if let Some(peer) = &old
-                    && peer.shown
-                {
-                    let leaves = peer.data.everything_as(true);
-                    s.publish(leaves, &mut wake);
-                }
-                old
             };
-            if let Some(old) = old {
-                self.garbage.push(Garbage::State(old.data));
-            }
-            self.after_unlock(wake);
+            self.make_or_defer(change);
         }
     }
 
