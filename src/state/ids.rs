@@ -29,11 +29,19 @@ impl PartialOrd for ReplicaName {
 // allocation): equal addresses are equal names, with no text to compare.
 impl Ord for ReplicaName {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            return std::cmp::Ordering::Equal;
-        }
-        self.0.cmp(&other.0)
+        cmp_shared(&self.0, &other.0)
     }
+}
+
+/// Orders two shared values: the same allocation is equal without reading
+/// it. Inlined into both `Ord`s: as a call it cost a merge some 30
+/// instructions (`cargo bench --bench instructions`).
+#[inline(always)]
+fn cmp_shared<T: Ord + ?Sized>(a: &Arc<T>, b: &Arc<T>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        return std::cmp::Ordering::Equal;
+    }
+    a.cmp(b)
 }
 
 impl ReplicaName {
@@ -145,10 +153,7 @@ impl PartialOrd for ReplicaId {
 
 impl Ord for ReplicaId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            return std::cmp::Ordering::Equal;
-        }
-        self.0.cmp(&other.0)
+        cmp_shared(&self.0, &other.0)
     }
 }
 

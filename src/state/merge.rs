@@ -17,6 +17,7 @@ use super::{
 };
 
 /// What merging a delta will do.
+#[derive(Default)]
 pub(crate) struct MergePlan {
     parts: SmallVec<[Plan; 1]>,
     /// The newest incarnation of this replica's own name in the delta, if
@@ -66,10 +67,7 @@ impl<M: Meta> State<M> {
     pub fn merge(&mut self, mut delta: Delta<M>) -> Result<Diff<M>, StateError> {
         // The plan and the diff are filled in place and passed by
         // reference: moving them would copy hundreds of bytes each time.
-        let mut plan = MergePlan {
-            parts: SmallVec::new(),
-            newer_self: None,
-        };
+        let mut plan = MergePlan::default();
         self.plan_into(&delta, &mut plan)?;
         let mut diff = DiffBuilder::new();
         self.apply(&mut delta, &plan, &mut diff);
@@ -80,10 +78,7 @@ impl<M: Meta> State<M> {
     /// Plans a merge without changing anything; the error a merge would
     /// return, if any.
     pub(crate) fn plan(&self, delta: &Delta<M>) -> Result<MergePlan, StateError> {
-        let mut plan = MergePlan {
-            parts: SmallVec::new(),
-            newer_self: None,
-        };
+        let mut plan = MergePlan::default();
         self.plan_into(delta, &mut plan)?;
         Ok(plan)
     }
