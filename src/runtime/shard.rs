@@ -252,10 +252,14 @@ pub(crate) struct Inner<M> {
     /// Every topic's diffs, while a tracker-wide stream reads them.
     all: Option<Arc<ShardFeed<M>>>,
     /// This replica's changes here not broadcast yet, by where they go.
-    pending: Vec<(Slot, Delta<M>)>,
+    pending: Pending<M>,
     /// How many keys each topic shows.
     pub(crate) keys: KeyCounts<M>,
 }
+
+/// This replica's changes in a shard, in the order their counters were
+/// spent, each with the interval slot it goes out in.
+pub(crate) type Pending<M> = Vec<(Slot, Delta<M>)>;
 
 /// A topic and its visible presences, unsorted.
 pub(crate) type TopicPresences<M> = (Topic, Vec<Presence<M>>);
@@ -582,15 +586,20 @@ impl<M: Meta> Shard<M> {
     // --- this replica's data, for the store --------------------------------
 
     /// This replica's changes here that go out with broadcast `ended`
-    /// (and any before it), taken; those spent after it stay.
-    pub(crate) fn take_pending(s: &mut Inner<M>, ended: u8) -> Vec<(Slot, Delta<M>)> {
+    /// (and any before it), taken; those spent after it stay, moved into
+    /// `spare` (empty), which becomes the shard's list.
+    ///
+    /// The list's buffer thus goes back and forth between the shard and
+    /// the store: a shard that records as many changes each period as the
+    /// last does not grow its list under its lock.
+    pub(crate) fn take_pending(s: &mut Inner<M>, ended: u8, mut spare: Pending<M>) -> Pending<M> {
         // Changes are recorded in the order their counters were spent.
         let next = ended.wrapping_add(1);
         let kept = s
             .pending
             .partition_point(|(slot, _)| slot.broadcast != next);
-        let later = s.pending.split_off(kept);
-        std::mem::replace(&mut s.pending, later)
+        spare.extend(s.pending.drain(kept..));
+        std::mem::replace(&mut s.pending, spare)
     }
 
     /// How many of this replica's presences are here, and the first
@@ -753,3 +762,6 @@ impl<M: Meta> Inner<M> {
         self.own.entries_between(self.own.replica(), lo, hi, out);
     }
 }
+
+#[cfg(test)]
+mod tests;

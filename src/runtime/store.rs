@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::feed::Wake;
-use super::shard::{Common, Peer, Shard, shard_of};
+use super::shard::{Common, Peer, Pending, Shard, shard_of};
 use crate::protocol::{Built, LocalChanges, ReplicaStore, Sealed};
 use crate::{
     CounterSet, Delta, Diff, Incarnation, Meta, PurgeReason, PurgeRecord, Reincarnation, ReplicaId,
@@ -40,6 +40,10 @@ mod visibility;
 
 pub(crate) use answer::{ServePlan, build};
 pub(crate) use visibility::Deferred;
+
+/// The capacity an emptied list of changes keeps however quiet a period
+/// was: a few periods' worth for a replica that changes little.
+const SPARE_MIN: usize = 64;
 
 /// Changes of another replica with at least this many entries are made
 /// outside the locks; so are those of a hidden replica holding this many
@@ -103,6 +107,9 @@ pub(crate) struct Store<M> {
     woken: Wake<M>,
     /// Peers to show, hide or drop once the node's lock is let go.
     deferred: Vec<Deferred<M>>,
+    /// One emptied list of changes per shard, handed to it at the next
+    /// broadcast (see [`Shard::take_pending`]).
+    spares: Vec<Pending<M>>,
 }
 
 impl<M> Sealed for Store<M> {}
@@ -112,6 +119,7 @@ impl<M: Meta> Store<M> {
         let skeleton = State::builder(id.clone())
             .limits(common.limits.clone())
             .build();
+        let spares = (0..shards.len()).map(|_| Vec::new()).collect();
         Self {
             id,
             skeleton,
@@ -123,6 +131,7 @@ impl<M: Meta> Store<M> {
             broadcast: 0,
             woken: Wake::new(),
             deferred: Vec::new(),
+            spares,
         }
     }
 
@@ -647,14 +656,24 @@ impl<M: Meta> ReplicaStore<M> for Store<M> {
         // for another.
         let (ended, to) = self.common.cut();
         let from = std::mem::replace(&mut self.broadcast, to);
-        let mut chunks = Vec::new();
-        for shard in self.shards.iter() {
-            let taken = Shard::take_pending(&mut shard.lock(), ended);
+        let mut taken: Vec<Pending<M>> = self
+            .shards
+            .iter()
+            .zip(&mut self.spares)
+            .map(|(shard, spare)| {
+                Shard::take_pending(&mut shard.lock(), ended, std::mem::take(spare))
+            })
+            .collect();
+        let mut chunks = Vec::with_capacity(taken.iter().map(Vec::len).sum());
+        for (list, spare) in taken.iter_mut().zip(&mut self.spares) {
+            let used = list.len();
             chunks.extend(
-                taken
-                    .into_iter()
+                list.drain(..)
                     .map(|(slot, delta)| (self.common.interval_start(slot, from), delta)),
             );
+            // What a burst grew is given back once periods are quieter.
+            list.shrink_to(used.saturating_mul(2).max(SPARE_MIN));
+            *spare = std::mem::take(list);
         }
         (!chunks.is_empty()).then_some((to, chunks))
     }
