@@ -13,6 +13,7 @@
 //! runtime track_latency_during_list p50_us=N p99_us=N
 //! runtime track_untrack_threads threads=1 ops_per_sec=N
 //! runtime track_untrack_threads threads=2 ops_per_sec=N
+//! runtime machine_stalls threads=2 max_gap_us=N gaps_over_1ms=N
 //! runtime fanout subscribers=10000 ns_per_subscriber=N diff_presences=1
 //! runtime fanout subscribers=10000 ns_per_subscriber=N diff_presences=1000
 //! runtime max_lock_hold_us=N
@@ -57,6 +58,12 @@
 //!   `common` workload) on a multi-thread runtime; 1, then 2 OS threads
 //!   each track and untrack on its own topic for 2 s. Tracks and untracks
 //!   each count as an operation.
+//! - `machine_stalls`: the baseline of the threads run, in the same
+//!   process right after it: 2 OS threads read the clock in a loop for
+//!   2 s, with no lock and no tracker. `max_gap_us` is the longest either
+//!   went between two reads (time it was not running); `gaps_over_1ms`
+//!   counts gaps over a millisecond. A thread stopped while it holds a
+//!   lock holds it that long.
 //! - `fanout`: 10,000 tasks subscribe to one topic of replica B; replica A
 //!   (with small limits, so that its intervals hold thousands of changes)
 //!   tracks 1 (then 1,000) presences on it within one period, which B
@@ -400,6 +407,38 @@ fn threads(runtime: &Runtime) -> Holds {
     held
 }
 
+/// What the machine itself does to two busy threads, the in-run baseline
+/// of the threads run: 2 OS threads each read the clock in a loop for 2 s,
+/// touching no lock; a gap between two reads is time the thread did not
+/// run. A lock holder stopped so long holds its lock that long, whatever
+/// the code under the lock.
+fn machine_stalls() {
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let end = Instant::now() + Duration::from_secs(2);
+                let (mut last, mut longest, mut over) = (Instant::now(), Duration::ZERO, 0u64);
+                while last < end {
+                    let now = Instant::now();
+                    let gap = now - last;
+                    longest = longest.max(gap);
+                    over += u64::from(gap > Duration::from_millis(1));
+                    last = now;
+                }
+                (longest, over)
+            })
+        })
+        .collect();
+    let (longest, over) = workers
+        .into_iter()
+        .map(|w| w.join().expect("a thread"))
+        .fold((Duration::ZERO, 0), |(l, o), (wl, wo)| (l.max(wl), o + wo));
+    println!(
+        "runtime machine_stalls threads=2 max_gap_us={} gaps_over_1ms={over}",
+        longest.as_micros()
+    );
+}
+
 /// One diff of `presences` joins to 10,000 subscribers.
 fn fanout(runtime: &Runtime, presences: usize) -> Holds {
     const SUBSCRIBERS: usize = 10_000;
@@ -487,6 +526,7 @@ fn main() {
     let catchup_current = during_catchup(&current_thread(), "current_thread");
     let list = during_list(&multi_thread());
     let threads = threads(&multi_thread());
+    machine_stalls();
     let fanout_runtime = multi_thread();
     let (one, many) = (fanout(&fanout_runtime, 1), fanout(&fanout_runtime, 1000));
     let fanout = if one.0 >= many.0 {
