@@ -340,8 +340,9 @@ mod tests {
     fn agrees_with_a_set_under_inserts_and_removals() {
         // Few distinct hashes, so runs are long and wrap around the end.
         agrees_with_a_set(|r| (r % 40) as u32 | 0xFFFF_FF00);
-        // Hashes 0 and 1 with slot 0 up: what an empty or moved bucket
-        // would look like without the slot's offset.
+        // Hashes 0 to 2 and slots from 0: without the bit every stored
+        // hash has, hash 0 and slot 0 would be an empty bucket, and slot 1
+        // a moved one.
         agrees_with_a_set(|r| (r % 3) as u32);
     }
 
